@@ -1,0 +1,312 @@
+"""Reading PoolFormer weights in every public naming, safely.
+
+One loader for the whole package: :func:`read_checkpoint` reads a file (local
+or URL, ``.pth`` / ``.pth.tar`` / ``.safetensors``) without ever running
+pickled code, :func:`convert_backbone_state_dict` maps any known naming onto
+this package's module names, and :func:`load_pretrained` puts the result into
+a :class:`PoolFormer` and reports exactly what was and was not loaded.
+
+Known namings (detected from the keys):
+
+- ``original``: the sail-sg/poolformer classification release
+  (``patch_embed.proj``, ``network.{0,2,4,6}.{j}``, ``network.{1,3,5}.proj``,
+  ``norm``, ``head``).
+- ``original_dense``: the original detection / segmentation backbones: the
+  same names (usually under ``backbone.``) with output norms
+  ``norm{0,2,4,6}``. MMSegmentation's released PoolFormer models use it too.
+- ``mmpretrain``: ``backbone.`` + original names, ``backbone.norm6`` (the
+  classifier's final norm) and ``head.fc``.
+- ``timm``: ``stem.conv``, ``stages.{i}.downsample.conv``,
+  ``stages.{i}.blocks.{j}``, ``layer_scale{1,2}.scale``, ``head.{norm,fc}``.
+- ``poolformer_mm``: this package's names, timm's plus output norms
+  ``norm{i}``.
+"""
+import os
+import os.path as osp
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
+from urllib.parse import urlparse
+
+import torch
+from mmengine.logging import MMLogger, print_log
+from torch import Tensor
+
+FORMATS = ('original', 'original_dense', 'mmpretrain', 'timm',
+           'poolformer_mm')
+# Containers in which released checkpoints wrap their state dict.
+_WRAPPER_KEYS = ('state_dict', 'model', 'module', 'state_dict_ema',
+                 'model_ema')
+
+
+class CheckpointError(RuntimeError):
+    """A pretrained file that cannot be used: unreadable, unsafe, or not
+    matching the backbone."""
+
+
+def _is_url(filename: str) -> bool:
+    return urlparse(filename).scheme in ('http', 'https')
+
+
+def _download(url: str) -> str:
+    """Download ``url`` into torch's hub cache once and return the path."""
+    cache_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(cache_dir, exist_ok=True)
+    path = osp.join(cache_dir, osp.basename(urlparse(url).path))
+    if not osp.exists(path):
+        print_log(f'Downloading {url} to {path}', logger='current')
+        try:
+            torch.hub.download_url_to_file(url, path, progress=False)
+        except Exception as exc:  # network errors come in many classes
+            raise CheckpointError(
+                f'Could not download pretrained weights from {url}: {exc}. '
+                'Download the file by hand and give its local path as '
+                '`checkpoint`.') from exc
+    return path
+
+
+def read_checkpoint(filename: str,
+                    map_location: str = 'cpu') -> Dict[str, object]:
+    """Read a checkpoint file without executing pickled code.
+
+    ``.safetensors`` files are read with safetensors, everything else with
+    ``torch.load(weights_only=True)``.
+
+    Args:
+        filename (str): Local path or http(s) URL.
+        map_location (str): Device for the tensors. Defaults to 'cpu'.
+
+    Returns:
+        dict: What the file holds (a state dict or a wrapper around one).
+
+    Raises:
+        FileNotFoundError: No such local file.
+        CheckpointError: The file is not a readable checkpoint, or reading
+            it would need arbitrary code.
+    """
+    filename = str(filename)
+    path = _download(filename) if _is_url(filename) else filename
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'Pretrained checkpoint not found: {filename!r}')
+    if path.endswith('.safetensors'):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f'{filename!r} is not a readable safetensors file: {exc}'
+            ) from exc
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if 'Weights only load failed' in str(exc):
+            raise CheckpointError(
+                f'Refusing to load {filename!r}: unpickling it needs objects '
+                'other than tensors and plain containers, which could run '
+                'arbitrary code. Convert it to a plain state dict with '
+                'tools/convert_weights.py from a trusted environment.'
+            ) from exc
+        raise CheckpointError(
+            f'{filename!r} is not a readable checkpoint: {exc}') from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+            ValueError) as exc:
+        raise CheckpointError(
+            f'{filename!r} is not a readable checkpoint (truncated or not a '
+            f'PyTorch file): {exc}') from exc
+
+
+def unwrap_state_dict(checkpoint: Dict[str, object]) -> Dict[str, Tensor]:
+    """The tensor dict inside common checkpoint wrappers."""
+    state_dict = checkpoint
+    for key in _WRAPPER_KEYS:
+        if isinstance(state_dict, dict) and isinstance(
+                state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f'Expected a state dict, got {type(state_dict).__name__}')
+    # DataParallel / DDP save under `module.`.
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+    return OrderedDict(
+        (k, v) for k, v in state_dict.items() if isinstance(v, Tensor))
+
+
+def detect_format(state_dict: Dict[str, Tensor]) -> str:
+    """Name the naming scheme of a PoolFormer state dict (see module doc).
+
+    ``backbone.``-prefixed keys are looked at when no bare backbone key
+    exists, as in detector / segmentor checkpoints.
+
+    Raises:
+        CheckpointError: No known PoolFormer naming is found.
+    """
+    keys = set(state_dict)
+    bare = {k for k in keys if not k.startswith('backbone.')}
+    backbone = {k[len('backbone.'):] for k in keys if k.startswith('backbone.')}
+    for names, prefixed in ((bare, False), (backbone, True)):
+        if any(k.startswith('network.') for k in names):
+            if prefixed and 'head.fc.weight' in keys:
+                return 'mmpretrain'
+            out_norms = {m.group(1) for k in names
+                         for m in [re.match(r'norm(\d+)\.', k)] if m}
+            return 'original_dense' if out_norms else 'original'
+        if any(k.startswith('stages.') for k in names):
+            if any(re.match(r'norm\d+\.', k) for k in names):
+                return 'poolformer_mm'
+            return 'timm'
+    raise CheckpointError(
+        'No PoolFormer weights recognised: expected keys in one of the '
+        f'namings {FORMATS} (e.g. network.0.0.mlp.fc1.weight or '
+        f'stages.0.blocks.0.mlp.fc1.weight); found e.g. '
+        f'{sorted(keys)[:5]}')
+
+
+def _rename_original(key: str, fmt: str) -> Optional[str]:
+    """Original / mmpretrain name to this package's, None if not backbone."""
+    m = re.match(r'patch_embed\.proj\.(.+)$', key)
+    if m:
+        return f'stem.conv.{m.group(1)}'
+    m = re.match(r'network\.(\d+)\.(.+)$', key)
+    if m:
+        pos, rest = int(m.group(1)), m.group(2)
+        if pos % 2 == 1:  # odd positions hold the downsamplings
+            rest = re.sub(r'^proj\.', 'conv.', rest)
+            return f'stages.{(pos + 1) // 2}.downsample.{rest}'
+        rest = re.sub(r'layer_scale_(\d)$', r'layer_scale\1.scale', rest)
+        return f'stages.{pos // 2}.blocks.{rest}'
+    m = re.match(r'norm(\d+)\.(.+)$', key)
+    if m and fmt == 'original_dense':
+        # Original output norms sit at list positions 0, 2, 4, 6.
+        return f'norm{int(m.group(1)) // 2}.{m.group(2)}'
+    return None  # classifier: final `norm`, mmpretrain `norm6`, `head`
+
+
+def _rename_timm(key: str, fmt: str) -> Optional[str]:
+    if key.startswith(('stem.', 'stages.')):
+        return key
+    if fmt == 'poolformer_mm' and re.match(r'norm\d+\.', key):
+        return key
+    return None  # head.norm / head.fc: the classifier
+
+
+def convert_backbone_state_dict(
+        state_dict: Dict[str, Tensor],
+        fmt: Optional[str] = None) -> Tuple[Dict[str, Tensor], List[str], str]:
+    """Map a PoolFormer state dict of any known naming to this package's.
+
+    Args:
+        state_dict (dict): Backbone weights, with or without ``backbone.``.
+        fmt (str, optional): Naming; detected when None.
+
+    Returns:
+        tuple: (converted backbone state dict, keys of ``state_dict`` that
+        are not backbone weights, the naming used).
+    """
+    fmt = fmt or detect_format(state_dict)
+    if fmt not in FORMATS:
+        raise ValueError(f'Unknown checkpoint format {fmt!r}; one of '
+                         f'{FORMATS}')
+    has_bare = any(k.startswith(('network.', 'stages.', 'stem.',
+                                 'patch_embed.')) for k in state_dict)
+    rename = _rename_original if fmt in ('original', 'original_dense',
+                                         'mmpretrain') else _rename_timm
+    converted, ignored = OrderedDict(), []
+    for key, value in state_dict.items():
+        name = key
+        if not has_bare:
+            if not key.startswith('backbone.'):
+                ignored.append(key)
+                continue
+            name = key[len('backbone.'):]
+        new_name = rename(name, fmt)
+        if new_name is None:
+            ignored.append(key)
+        else:
+            converted[new_name] = value
+    return converted, ignored, fmt
+
+
+def load_pretrained(model: torch.nn.Module,
+                    filename: str,
+                    prefix: Optional[str] = None,
+                    map_location: str = 'cpu',
+                    logger: Optional[MMLogger] = None) -> Dict[str, object]:
+    """Load PoolFormer weights of any known naming into ``model``.
+
+    Args:
+        model (nn.Module): The backbone.
+        filename (str): Local path or URL of the checkpoint.
+        prefix (str, optional): Keep only the keys under this prefix (e.g.
+            ``'backbone.'``) and strip it, as mmengine's ``Pretrained`` does.
+            Defaults to None.
+        map_location (str): Device for reading. Defaults to 'cpu'.
+        logger (MMLogger, optional): Where the summary goes; the current
+            logger when None.
+
+    Returns:
+        dict: ``format``, ``loaded`` (names), ``missing`` (backbone
+        parameters not in the file) and ``ignored`` (file tensors not used).
+
+    Raises:
+        CheckpointError: Unreadable file, no PoolFormer weights in it, a
+            shape mismatch (naming key and both shapes), or nothing matched.
+    """
+    state_dict = unwrap_state_dict(read_checkpoint(filename, map_location))
+    ignored: List[str] = []
+    if prefix:
+        if not prefix.endswith('.'):
+            prefix += '.'
+        selected = OrderedDict((k[len(prefix):], v)
+                               for k, v in state_dict.items()
+                               if k.startswith(prefix))
+        if not selected:
+            raise CheckpointError(
+                f'No key of {filename!r} starts with prefix {prefix!r}; '
+                f'its keys start e.g. with {sorted(state_dict)[:3]}')
+        # mmpretrain keeps its classifier outside the prefix; its presence
+        # tells the final norm `backbone.norm6` from a dense output norm.
+        classifier = any(k.startswith('head.fc.') for k in state_dict)
+        ignored += [k for k in state_dict if not k.startswith(prefix)]
+        state_dict = selected
+        fmt = detect_format(state_dict)
+        if fmt == 'original_dense' and classifier:
+            fmt = 'mmpretrain'
+    else:
+        fmt = detect_format(state_dict)
+    converted, not_backbone, fmt = convert_backbone_state_dict(
+        state_dict, fmt)
+    ignored += [(prefix or '') + k for k in not_backbone]
+
+    own = model.state_dict()
+    for key, value in converted.items():
+        if key in own and own[key].shape != value.shape:
+            raise CheckpointError(
+                f'Shape mismatch loading {filename!r} ({fmt} naming) into '
+                f'{type(model).__name__}: {key} is {tuple(value.shape)} in '
+                f'the checkpoint but {tuple(own[key].shape)} in the model. '
+                'Is the checkpoint of another arch?')
+    loadable = OrderedDict((k, v) for k, v in converted.items() if k in own)
+    ignored += [k for k in converted if k not in own]
+    if not loadable:
+        raise CheckpointError(
+            f'Nothing in {filename!r} ({fmt} naming) matches '
+            f'{type(model).__name__}; checkpoint keys start e.g. with '
+            f'{sorted(state_dict)[:3]}')
+    result = model.load_state_dict(loadable, strict=False)
+    missing = list(result.missing_keys)
+    logger = logger or MMLogger.get_current_instance()
+    logger.info(
+        f'Loaded pretrained {type(model).__name__} weights from {filename} '
+        f'({fmt} naming): {len(loadable)} tensors loaded; '
+        f'{len(missing)} model tensors not in the checkpoint'
+        f'{": " + ", ".join(missing) if missing else ""}; '
+        f'{len(ignored)} checkpoint tensors ignored'
+        f'{": " + ", ".join(ignored) if ignored else ""}')
+    return dict(format=fmt, loaded=list(loadable), missing=missing,
+                ignored=ignored)

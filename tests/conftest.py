@@ -1,0 +1,35 @@
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = osp.join(ROOT, 'configs')
+TOOLS = osp.join(ROOT, 'tools')
+
+# Tests run on 2 cores: keep torch from oversubscribing them.
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+
+
+def run_tool(script, *args, cwd=None, timeout=900, env=None):
+    """Run tools/<script> in a fresh interpreter; fail with its output."""
+    cmd = [sys.executable, osp.join(TOOLS, script)] + [str(a) for a in args]
+    full_env = dict(os.environ, **(env or {}))
+    result = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True,
+                            text=True, timeout=timeout, env=full_env)
+    if result.returncode != 0:
+        pytest.fail(f'{" ".join(cmd)} exited {result.returncode}\n'
+                    f'--- stdout ---\n{result.stdout[-6000:]}\n'
+                    f'--- stderr ---\n{result.stderr[-6000:]}')
+    return result
+
+
+@pytest.fixture(scope='session')
+def demo_data(tmp_path_factory):
+    """A tiny demo data set (COCO and ADE20K layouts) for tool tests."""
+    out = tmp_path_factory.mktemp('demo_data') / 'demo'
+    run_tool('make_demo_data.py', '--out', out, '--num-train', 8,
+             '--num-val', 4, '--size', 96, '--seed', 1)
+    return out

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv/ in the checkout with the whole supported stack:
+# torch 2.14.1, mmengine 0.10.7, mmcv 2.1.0 with ops, mmdet 3.3.0,
+# mmsegmentation 1.2.2, timm, and poolformer_mm itself (editable).
+#
+# mmcv 2.1.0 has no wheel for current torch, so it is built once from its
+# PyPI sdist and the wheel is cached outside the checkout, keyed by the mmcv,
+# torch and Python versions (and CUDA, when ops are built for it):
+#   ${POOLFORMER_MM_CACHE:-~/.cache/poolformer_mm}/wheels/<key>/mmcv-*.whl
+# On a machine with a GPU and nvcc, the same path builds CUDA ops because
+# mmcv's setup.py sees torch.cuda.is_available(); FORCE_CUDA=1 forces it on
+# a build host without a GPU (CUDA_HOME must point to the toolkit).
+#
+# Re-running is cheap: a stamp in .venv records the hash of this script and
+# setup.py, and the work is skipped while both are unchanged.
+#
+# Environment:
+#   PYTHON               interpreter used to create the venv (python3)
+#   POOLFORMER_MM_CACHE  cache folder for built wheels
+#   MAX_JOBS             parallel compile jobs for mmcv (nproc)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+CACHE="${POOLFORMER_MM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/poolformer_mm}"
+
+TORCH_VERSION=2.14.1
+TORCHVISION_VERSION=0.29.1
+MMCV_VERSION=2.1.0
+# mmcv's setup.py and mmengine's `mmdet::` config lookup import pkg_resources
+# (gone in setuptools 81); torch 2.14 wants >=77.
+SETUPTOOLS_SPEC='setuptools>=77,<81'
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+stamp_value() {
+    cat "$ROOT/tools/setup_env.sh" "$ROOT/setup.py" "$ROOT/requirements/runtime.txt" "$ROOT/requirements/tests.txt" \
+        | sha256sum | cut -d' ' -f1
+}
+
+STAMP="$VENV/.poolformer_mm_setup"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" ]]; then
+    log "environment up to date: $VENV"
+    exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating virtual environment in $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check)
+
+"${PIP[@]}" install -q --upgrade pip "$SETUPTOOLS_SPEC" wheel ninja
+"${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+
+# The C++ standard torch's headers demand, read from torch itself rather than
+# assumed: torch/all.h refuses compilers below `__cplusplus < NNNNNNL`.
+cxx_std() {
+    "$PY" - <<'EOF'
+import os, re, torch
+header = os.path.join(os.path.dirname(torch.__file__), 'include', 'torch',
+                      'csrc', 'api', 'include', 'torch', 'all.h')
+years = {'201402': 14, '201703': 17, '202002': 20, '202302': 23}
+try:
+    with open(header) as f:
+        found = re.findall(r'__cplusplus\s*<\s*(\d{6})L', f.read())
+except OSError:
+    found = []
+print(max((years.get(v, 17) for v in found), default=17))
+EOF
+}
+
+build_mmcv_wheel() {
+    local key="$1" out="$2" std src
+    std="$(cxx_std)"
+    src="$(mktemp -d)"
+    log "building mmcv $MMCV_VERSION with ops (C++$std); this takes ~10 min on 2 cores"
+    "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
+        -d "$src" "mmcv==$MMCV_VERSION"
+    tar -xzf "$src/mmcv-$MMCV_VERSION.tar.gz" -C "$src"
+    # mmcv hard-codes C++17; torch >= 2.10 headers need C++20.
+    sed -i -e "s/-std=c++17/-std=c++$std/g" -e "s#/std:c++17#/std:c++$std#g" \
+        "$src/mmcv-$MMCV_VERSION/setup.py"
+    mkdir -p "$out"
+    (cd "$src/mmcv-$MMCV_VERSION" &&
+        MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+            "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$out.tmp" .)
+    mv "$out.tmp"/mmcv-*.whl "$out"/
+    rm -rf "$out.tmp" "$src"
+}
+
+install_mmcv() {
+    local key out pyver torchver cuda
+    pyver="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+    torchver="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
+    cuda="cpu"
+    if "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' ||
+        [[ "${FORCE_CUDA:-0}" == 1 ]]; then
+        cuda="cuda$("$PY" -c 'import torch; print(torch.version.cuda)')"
+    fi
+    key="mmcv-$MMCV_VERSION-torch$torchver-$pyver-$cuda-$(uname -m)"
+    out="$CACHE/wheels/$key"
+    if ! compgen -G "$out/mmcv-*.whl" >/dev/null; then
+        build_mmcv_wheel "$key" "$out"
+    else
+        log "reusing cached mmcv wheel: $out"
+    fi
+    "${PIP[@]}" install -q --no-deps "$out"/mmcv-*.whl
+}
+
+if "$PY" -c 'import mmcv, sys; sys.exit(mmcv.__version__ != "'$MMCV_VERSION'")' 2>/dev/null &&
+    "$PY" -c 'import mmcv.ops' 2>/dev/null; then
+    log "mmcv $MMCV_VERSION with ops already installed"
+else
+    install_mmcv
+fi
+
+# mmcv's runtime dependencies (installed --no-deps above), the frameworks,
+# test tools and this package.
+"${PIP[@]}" install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+
+log "verifying mmcv ops on CPU"
+"$PY" - <<'EOF'
+import torch
+from mmcv.ops import RoIAlign, nms
+
+boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [50., 50., 60., 60.]])
+scores = torch.tensor([0.9, 0.8, 0.7])
+_, keep = nms(boxes, scores, iou_threshold=0.5)
+assert keep.tolist() == [0, 2], f'nms kept {keep.tolist()}, expected [0, 2]'
+feats = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
+rois = torch.tensor([[0., 0., 0., 4., 4.]])
+out = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2, aligned=True)(feats, rois)
+assert out.shape == (1, 1, 2, 2) and torch.isfinite(out).all(), out
+import mmdet, mmseg, mmengine, poolformer_mm  # noqa: F401,E401
+print(f'[setup] ok: torch {torch.__version__}, mmcv ops, mmdet {mmdet.__version__}, '
+      f'mmseg {mmseg.__version__}, mmengine {mmengine.__version__}')
+EOF
+
+stamp_value >"$STAMP"
+log "done: use $VENV/bin/python"
