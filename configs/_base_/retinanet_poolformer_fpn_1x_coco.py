@@ -3,10 +3,8 @@
 # 12 epochs, 2 images per GPU on 8 GPUs. Everything else (1333x800 resize,
 # flip 0.5, warm-up over 500 iterations from 0.001, lr x0.1 at epochs 8 and
 # 11, COCO 2017 under data/coco/) comes from MMDetection's own config.
-_base_ = [
-    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
-    'mmdet::retinanet/retinanet_tta.py'
-]
+# (MMDetection's config also brings its flip / multi-scale TTA for --tta.)
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
 
 custom_imports = dict(imports=['poolformer_mm'], allow_failed_imports=False)
 
