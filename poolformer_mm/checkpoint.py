@@ -1,10 +1,11 @@
-"""Reading PoolFormer weights in every public naming, safely.
+"""Reading PoolFormer and MetaFormer weights in every public naming, safely.
 
 One loader for the whole package: :func:`read_checkpoint` reads a file (local
 or URL, ``.pth`` / ``.pth.tar`` / ``.safetensors``) without ever running
 pickled code, :func:`convert_backbone_state_dict` maps any known naming onto
 this package's module names, and :func:`load_pretrained` puts the result into
-a :class:`PoolFormer` and reports exactly what was and was not loaded.
+a :class:`PoolFormer` or :class:`MetaFormer` and reports exactly what was and
+was not loaded.
 
 Known namings (detected from the keys):
 
@@ -16,8 +17,15 @@ Known namings (detected from the keys):
   ``norm{0,2,4,6}``. MMSegmentation's released PoolFormer models use it too.
 - ``mmpretrain``: ``backbone.`` + original names, ``backbone.norm6`` (the
   classifier's final norm) and ``head.fc``.
-- ``timm``: ``stem.conv``, ``stages.{i}.downsample.conv``,
-  ``stages.{i}.blocks.{j}``, ``layer_scale{1,2}.scale``, ``head.{norm,fc}``.
+- ``metaformer_original``: the sail-sg/metaformer release of PoolFormerV2,
+  ConvFormer, CAFormer, IdentityFormer and RandFormer
+  (``downsample_layers.0.{conv,post_norm}``,
+  ``downsample_layers.{1,2,3}.{pre_norm,conv}``, ``stages.{i}.{j}``, ``norm``,
+  ``head``), whose MLPs and separable convolutions are linear layers where
+  this package has 1x1 convolutions.
+- ``timm``: ``stem.{conv,norm}``, ``stages.{i}.downsample.{norm,conv}``,
+  ``stages.{i}.blocks.{j}``, ``layer_scale{1,2}.scale``, ``head.{norm,fc}``,
+  for PoolFormer and the MetaFormer Baselines alike.
 - ``poolformer_mm``: this package's names, timm's plus output norms
   ``norm{i}``.
 """
@@ -34,8 +42,8 @@ import torch
 from mmengine.logging import MMLogger, print_log
 from torch import Tensor
 
-FORMATS = ('original', 'original_dense', 'mmpretrain', 'timm',
-           'poolformer_mm')
+FORMATS = ('original', 'original_dense', 'mmpretrain', 'metaformer_original',
+           'timm', 'poolformer_mm')
 # Containers in which released checkpoints wrap their state dict.
 _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'state_dict_ema',
                  'model_ema')
@@ -90,7 +98,8 @@ def read_checkpoint(filename: str,
     path = _download(filename) if _is_url(filename) else filename
     if not osp.isfile(path):
         raise FileNotFoundError(
-            f'Pretrained checkpoint not found: {filename!r}')
+            f'Pretrained checkpoint not found: {filename!r}; `checkpoint` '
+            'must be an existing local file or an http(s) URL')
     if path.endswith('.safetensors'):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -138,13 +147,14 @@ def unwrap_state_dict(checkpoint: Dict[str, object]) -> Dict[str, Tensor]:
 
 
 def detect_format(state_dict: Dict[str, Tensor]) -> str:
-    """Name the naming scheme of a PoolFormer state dict (see module doc).
+    """Name the naming scheme of a PoolFormer or MetaFormer state dict (see
+    the module doc).
 
     ``backbone.``-prefixed keys are looked at when no bare backbone key
     exists, as in detector / segmentor checkpoints.
 
     Raises:
-        CheckpointError: No known PoolFormer naming is found.
+        CheckpointError: No known naming is found.
     """
     keys = set(state_dict)
     bare = {k for k in keys if not k.startswith('backbone.')}
@@ -156,14 +166,18 @@ def detect_format(state_dict: Dict[str, Tensor]) -> str:
             out_norms = {m.group(1) for k in names
                          for m in [re.match(r'norm(\d+)\.', k)] if m}
             return 'original_dense' if out_norms else 'original'
+        # sail-sg/metaformer also has `stages.`, so it is told apart first.
+        if any(k.startswith('downsample_layers.') for k in names):
+            return 'metaformer_original'
         if any(k.startswith('stages.') for k in names):
             if any(re.match(r'norm\d+\.', k) for k in names):
                 return 'poolformer_mm'
             return 'timm'
     raise CheckpointError(
-        'No PoolFormer weights recognised: expected keys in one of the '
-        f'namings {FORMATS} (e.g. network.0.0.mlp.fc1.weight or '
-        f'stages.0.blocks.0.mlp.fc1.weight); found e.g. '
+        'No PoolFormer weights or other MetaFormer weights recognised: '
+        f'expected keys in one of the namings {FORMATS} (e.g. '
+        'network.0.0.mlp.fc1.weight, downsample_layers.0.conv.weight or '
+        'stages.0.blocks.0.mlp.fc1.weight); found e.g. '
         f'{sorted(keys)[:5]}')
 
 
@@ -187,6 +201,41 @@ def _rename_original(key: str, fmt: str) -> Optional[str]:
     return None  # classifier: final `norm`, mmpretrain `norm6`, `head`
 
 
+def _rename_metaformer_original(key: str, fmt: str) -> Optional[str]:
+    """sail-sg/metaformer name to this package's, None if not backbone."""
+    m = re.match(r'downsample_layers\.0\.(conv|post_norm)\.(.+)$', key)
+    if m:
+        part = 'conv' if m.group(1) == 'conv' else 'norm'
+        return f'stem.{part}.{m.group(2)}'
+    m = re.match(r'downsample_layers\.(\d+)\.(conv|pre_norm)\.(.+)$', key)
+    if m:
+        part = 'conv' if m.group(2) == 'conv' else 'norm'
+        return f'stages.{m.group(1)}.downsample.{part}.{m.group(3)}'
+    m = re.match(r'stages\.(\d+)\.(\d+)\.(.+)$', key)
+    if m:
+        return f'stages.{m.group(1)}.blocks.{m.group(2)}.{m.group(3)}'
+    return None  # classifier: final `norm`, `head`
+
+
+def _linear_to_conv(state_dict: Dict[str, Tensor]) -> None:
+    """Reshape, in place, the original MetaFormer Baselines' linear weights
+    that are 1x1 convolution weights here.
+
+    The original runs channels-last everywhere; timm and this package run
+    (N, C, H, W) maps with 1x1 convolutions, except in attention stages,
+    whose blocks (MLP included) stay on (N, L, C) tokens with linear layers.
+    """
+    qkv = re.compile(r'stages\.(\d+)\.blocks\.\d+\.token_mixer\.qkv\.')
+    token_stages = {m.group(1) for m in map(qkv.match, state_dict) if m}
+    for key, value in state_dict.items():
+        m = re.match(
+            r'stages\.(\d+)\.blocks\.\d+\.'
+            r'(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$', key)
+        if m and value.dim() == 2 and (m.group(2).startswith('token_mixer')
+                                       or m.group(1) not in token_stages):
+            state_dict[key] = value[:, :, None, None]
+
+
 def _rename_timm(key: str, fmt: str) -> Optional[str]:
     if key.startswith(('stem.', 'stages.')):
         return key
@@ -198,7 +247,8 @@ def _rename_timm(key: str, fmt: str) -> Optional[str]:
 def convert_backbone_state_dict(
         state_dict: Dict[str, Tensor],
         fmt: Optional[str] = None) -> Tuple[Dict[str, Tensor], List[str], str]:
-    """Map a PoolFormer state dict of any known naming to this package's.
+    """Map a PoolFormer / MetaFormer state dict of any known naming to this
+    package's.
 
     Args:
         state_dict (dict): Backbone weights, with or without ``backbone.``.
@@ -213,9 +263,14 @@ def convert_backbone_state_dict(
         raise ValueError(f'Unknown checkpoint format {fmt!r}; one of '
                          f'{FORMATS}')
     has_bare = any(k.startswith(('network.', 'stages.', 'stem.',
-                                 'patch_embed.')) for k in state_dict)
-    rename = _rename_original if fmt in ('original', 'original_dense',
-                                         'mmpretrain') else _rename_timm
+                                 'patch_embed.', 'downsample_layers.'))
+                   for k in state_dict)
+    if fmt in ('original', 'original_dense', 'mmpretrain'):
+        rename = _rename_original
+    elif fmt == 'metaformer_original':
+        rename = _rename_metaformer_original
+    else:
+        rename = _rename_timm
     converted, ignored = OrderedDict(), []
     for key, value in state_dict.items():
         name = key
@@ -229,6 +284,8 @@ def convert_backbone_state_dict(
             ignored.append(key)
         else:
             converted[new_name] = value
+    if fmt == 'metaformer_original':
+        _linear_to_conv(converted)
     return converted, ignored, fmt
 
 
@@ -237,7 +294,8 @@ def load_pretrained(model: torch.nn.Module,
                     prefix: Optional[str] = None,
                     map_location: str = 'cpu',
                     logger: Optional[MMLogger] = None) -> Dict[str, object]:
-    """Load PoolFormer weights of any known naming into ``model``.
+    """Load PoolFormer / MetaFormer weights of any known naming into
+    ``model``.
 
     Args:
         model (nn.Module): The backbone.

@@ -194,6 +194,7 @@ def test_with_cp_same_outputs_and_grads():
     (dict(out_indices=()), r'non-empty'),
     (dict(frozen_stages=5), r'-1\.\.4.*got 5'),
     (dict(frozen_stages=-2), r'-1\.\.4.*got -2'),
+    (dict(frozen_stages='2'), r"-1\.\.4.*got '2'"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -219,3 +220,12 @@ def test_bad_input(x, match):
 def test_in_channels():
     model = PoolFormer('s12', in_channels=1, out_indices=(0, ))
     assert model(torch.randn(1, 1, 32, 32))[0].shape == (1, 64, 8, 8)
+    # The configured channel count is what the error asks for.
+    with pytest.raises(ValueError,
+                       match=r'C=1 channels, got shape \(1, 3, 32, 32\)'):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_input_must_be_a_tensor():
+    with pytest.raises(TypeError, match=r'expects a Tensor, got ndarray'):
+        PoolFormer('s12')(torch.randn(1, 3, 32, 32).numpy())

@@ -296,8 +296,20 @@ def test_prefix_not_found(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match='nope.pth'):
+    with pytest.raises(FileNotFoundError,
+                       match=r"nope\.pth'; `checkpoint` must be an existing "
+                       r'local file or an http\(s\) URL'):
         load('s12', tmp_path / 'nope.pth')
+
+
+def test_known_naming_but_nothing_fits(tmp_path):
+    # timm naming, but of stages this network does not have.
+    torch.save({'stages.7.blocks.0.mlp.fc1.weight': torch.zeros(4, 2, 1, 1)},
+               tmp_path / 'other.pth')
+    with pytest.raises(CheckpointError,
+                       match=r"Nothing in '.*other\.pth' \(timm naming\) "
+                       r'matches PoolFormer'):
+        load('s12', tmp_path / 'other.pth')
 
 
 @pytest.mark.parametrize('content', [b'', b'not a checkpoint at all'])

@@ -5,9 +5,13 @@ The config's default_scope (mmdet or mmseg) decides which framework runs it.
 Example:
     python tools/test.py configs/retinanet_poolformer_s12.py \
         work_dirs/retinanet_poolformer_s12/epoch_12.pth
+    # the same on the inference fast path (docs/benchmark.md)
+    python tools/test.py configs/retinanet_poolformer_s12.py \
+        work_dirs/retinanet_poolformer_s12/epoch_12.pth --deploy
 """
 import argparse
 import os
+import os.path as osp
 
 from mmengine.config import Config, DictAction
 
@@ -30,8 +34,9 @@ def parse_args(argv=None):
         '--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
-        help='directory where images drawn with predictions are saved '
-        '(under the work dir / timestamp)')
+        help='directory where images drawn with predictions are saved; a '
+        'relative one goes under the work dir (for detection under its '
+        'timestamped run folder, as in MMDetection)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(
@@ -46,6 +51,11 @@ def parse_args(argv=None):
         help='job launcher')
     parser.add_argument(
         '--tta', action='store_true', help='test time augmentation')
+    parser.add_argument(
+        '--deploy',
+        action='store_true',
+        help='test on the inference fast path: switch_to_deploy() on the '
+        'backbone after the checkpoint is loaded')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -66,7 +76,10 @@ def enable_visualization(cfg: Config, args) -> None:
         if cfg.default_scope == 'mmdet':
             hooks.visualization.test_out_dir = args.show_dir
         else:
-            cfg.visualizer.save_dir = args.show_dir
+            # MMSegmentation's visualizer writes to save_dir as given, i.e.
+            # relative to the current directory; keep it in the work dir as
+            # MMDetection does.
+            cfg.visualizer.save_dir = osp.join(cfg.work_dir, args.show_dir)
             hooks.visualization.interval = 1
 
 
@@ -93,6 +106,9 @@ def main(argv=None):
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
     runner = build_runner(cfg)
+    if args.deploy:
+        from poolformer_mm.utils.deploy import SwitchToDeployHook
+        runner.register_hook(SwitchToDeployHook())
     if args.out is not None and cfg.default_scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         if not args.out.endswith(('.pkl', '.pickle')):

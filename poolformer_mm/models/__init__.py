@@ -1,3 +1,3 @@
-from .backbones import PoolFormer
+from .backbones import MetaFormer, PoolFormer
 
-__all__ = ['PoolFormer']
+__all__ = ['MetaFormer', 'PoolFormer']

@@ -1,0 +1,20 @@
+# Semantic FPN with a CAFormer-S18 backbone (MetaFormer Baselines for Vision,
+# Yu et al., TPAMI 2023) on ADE20K, trained as the PoolFormer configs are (the
+# PoolFormer paper's recipe in ./_base_/sem_fpn_poolformer_ade20k_40k.py:
+# AdamW, poly schedule over 40k iterations), starting from the original sail-
+# sg/metaformer ImageNet-1k weights.
+_base_ = ['./_base_/sem_fpn_poolformer_ade20k_40k.py']
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='MetaFormer',
+        arch='caformer_s18',
+        drop_path_rate=0.,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=-1,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://huggingface.co/sail/dl/resolve/main/'
+            'caformer/caformer_s18.pth')),
+    neck=dict(in_channels=[64, 128, 320, 512]))

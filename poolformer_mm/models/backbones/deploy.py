@@ -1,0 +1,574 @@
+"""Inference fast path of PoolFormer (``PoolFormer.switch_to_deploy``).
+
+A PoolFormer block is
+
+.. code-block:: none
+
+    x = r1 * x + ls1 * (pool(n1(x)) - n1(x))     n1 = GroupNorm(1): g1*z1 + b1
+    x = r2 * x + ls2 * fc2(act(fc1(n2(x))))      n2 = GroupNorm(1): g2*z2 + b2
+
+with ``z = (x - mean(x)) * rstd(x)`` over (C, H, W) of each sample, the
+res-scales ``r1``, ``r2`` being 1 in PoolFormer (v1). In eval mode
+everything except the two sets of statistics folds into constants:
+
+- token mixer: the average (``count_include_pad=False``) of a per-channel
+  constant is that constant, so ``b1`` and the mean cancel in
+  ``pool(y) - y``, and the branch becomes ``x + a * (pool(x) - x)`` with the
+  per-channel, per-sample ``a = ls1 * g1 * rstd1``: one in-place ``lerp``
+  after the pooling;
+- channel MLP: ``g2`` and ``b2`` fold into ``fc1`` (``W1 * g2``,
+  ``c1 + W1 b2``) and ``ls2`` into ``fc2`` (``ls2 * W2``, ``ls2 * c2``), so
+  only the affine-free ``z2`` is computed;
+- kernels: on CPU (float32, oneDNN available) activations stay
+  channels_last, and the folded 1x1 convolutions run as oneDNN convolutions,
+  ``fc1`` with the activation (GELU, ReLU, SiLU) fused into it and ``fc2``
+  adding its result into the residual stream in place. Their weights, and
+  those of the stem and downsampling convolutions, are reordered into
+  oneDNN's blocked layout for an input shape the second time that shape is
+  seen (a reorder made without the shape can pick a slow kernel). Elsewhere
+  (CUDA, other dtypes) the same folded block runs on plain PyTorch ops.
+
+The statistics are those of GroupNorm(1), computed in two passes (the mean,
+then the norm of the centred values) so that a large mean costs no
+precision. Outputs equal the normal eval path to about 1e-6 relative.
+
+The folded tensors live in a cache outside the module tree, so the state
+dict keeps its names and a block is folded again whenever one of its
+parameters changed (a checkpoint loaded after the switch is used) or moved
+to another device or dtype.
+
+Only blocks of the pattern above are folded, recognised by their attribute
+names (``norm1``, ``token_mixer.pool``, ``norm2``, ``mlp.fc1``, ``mlp.act``,
+``mlp.fc2``, ``layer_scale{1,2}.scale``, ``res_scale{1,2}.scale``); any
+other block runs its own ``forward``.
+"""
+import math
+import threading
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fast_ops import box_sum, inv_count
+
+__all__ = [
+    'can_fold', 'fold_block', 'FoldedBlock', 'folded_block_forward',
+    'mean_rstd', 'use_onednn', 'DeployRunner', 'deploy_forward'
+]
+
+# The per-channel scale modules of the blocks (``Scale``, formerly
+# ``LayerScale``): ``x * scale`` over the channels of (N, C, H, W) maps.
+_SCALE_TYPES = ('Scale', 'LayerScale')
+
+
+def _is_group_norm1(norm: nn.Module) -> bool:
+    return isinstance(norm, nn.GroupNorm) and norm.num_groups == 1
+
+
+def _square(value) -> Optional[int]:
+    if isinstance(value, int):
+        return value
+    return value[0] if value[0] == value[1] else None
+
+
+def _pool_size(mixer: nn.Module) -> Optional[int]:
+    """Window of a PoolFormer ``Pooling`` mixer (``pool(x) - x`` with a
+    stride-1, same-size, padding-excluded average), None for other mixers."""
+    pool = getattr(mixer, 'pool', None)
+    if type(mixer).__name__ != 'Pooling' or type(pool) is not nn.AvgPool2d:
+        return None
+    k, s, p = (_square(pool.kernel_size), _square(pool.stride),
+               _square(pool.padding))
+    if (k is None or k % 2 == 0 or s != 1 or p != k // 2
+            or pool.count_include_pad or pool.ceil_mode
+            or pool.divisor_override is not None):
+        return None
+    return k
+
+
+def _is_pointwise_conv(conv: Optional[nn.Module]) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1)
+            and conv.stride == (1, 1) and conv.groups == 1
+            and conv.padding in ((0, 0), 0) and conv.dilation == (1, 1))
+
+
+def _is_scale(module: nn.Module) -> bool:
+    if isinstance(module, nn.Identity):
+        return True
+    scale = getattr(module, 'scale', None)
+    return (type(module).__name__ in _SCALE_TYPES
+            and isinstance(scale, Tensor) and scale.dim() == 1
+            and tuple(getattr(module, 'shape', (-1, 1, 1)))[1:] == (1, 1))
+
+
+def can_fold(block: nn.Module) -> bool:
+    """Whether ``block`` is a PoolFormer block that :func:`fold_block`
+    handles: GroupNorm(1) pre-norms, a ``Pooling`` mixer, a 1x1-conv MLP
+    with an element-wise activation, and per-channel scales (or Identity)
+    as layer scales and res-scales."""
+    names = ('norm1', 'token_mixer', 'norm2', 'mlp', 'layer_scale1',
+             'layer_scale2')
+    if not all(hasattr(block, name) for name in names):
+        return False
+    mlp = block.mlp
+    if not (_is_group_norm1(block.norm1) and _is_group_norm1(block.norm2)
+            and _pool_size(block.token_mixer) is not None
+            and _is_pointwise_conv(getattr(mlp, 'fc1', None))
+            and _is_pointwise_conv(getattr(mlp, 'fc2', None))
+            and isinstance(getattr(mlp, 'act', None), nn.Module)):
+        return False
+    return all(
+        _is_scale(getattr(block, name, nn.Identity()))
+        for name in ('layer_scale1', 'layer_scale2', 'res_scale1',
+                     'res_scale2'))
+
+
+class FoldedBlock:
+    """Constants of one folded block (plain tensors, no autograd).
+
+    Attributes:
+        pool_size (int): Window of the average pooling.
+        mix_scale (Tensor): ``ls1 * g1``, shape (1, C, 1, 1).
+        res_scale1 (Tensor, optional): ``r1``, shape (1, C, 1, 1); None for
+            no res-scale.
+        res_scale2 (Tensor, optional): ``r2``, likewise.
+        eps1 (float): eps of ``norm1``.
+        eps2 (float): eps of ``norm2``.
+        fc1_weight (Tensor): ``W1 * g2``, shape (hidden, C, 1, 1).
+        fc1_bias (Tensor): ``c1 + W1 b2``, shape (hidden, ).
+        act (nn.Module): The MLP's element-wise activation.
+        fc2_weight (Tensor): ``ls2 * W2``, shape (C, hidden, 1, 1).
+        fc2_bias (Tensor): ``ls2 * c2``, shape (C, ).
+        packed (PackCache): oneDNN-reordered ``fc1`` / ``fc2`` weights.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        self.packed = PackCache()
+        self.__dict__.update(kwargs)
+
+
+def _affine(norm: nn.GroupNorm, ref: Tensor) -> Tuple[Tensor, Tensor]:
+    ones = torch.ones(
+        norm.num_channels, dtype=torch.float64, device=ref.device)
+    weight = norm.weight.double() if norm.weight is not None else ones
+    bias = norm.bias.double() if norm.bias is not None else ones * 0
+    return weight, bias
+
+
+def _scale(module: nn.Module) -> Optional[Tensor]:
+    if isinstance(module, nn.Identity):
+        return None
+    return module.scale.double().flatten()
+
+
+@torch.no_grad()
+def fold_block(block: nn.Module) -> FoldedBlock:
+    """Fold the norm affines and layer scales of a PoolFormer block into
+    the mixer's per-channel scale and the MLP's 1x1 convolutions.
+
+    The arithmetic is done in float64; the results have the dtype of
+    ``mlp.fc1.weight``.
+
+    Raises:
+        TypeError: The block does not fit (see :func:`can_fold`).
+    """
+    if not can_fold(block):
+        raise TypeError(f'{type(block).__name__} is not a foldable '
+                        'PoolFormer block (see deploy.can_fold)')
+    fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+    dtype = fc1.weight.dtype
+    w1 = fc1.weight.double().flatten(1)  # (hidden, C)
+    w2 = fc2.weight.double().flatten(1)  # (C, hidden)
+    c1 = fc1.bias.double() if fc1.bias is not None else w1.new_zeros(
+        w1.shape[0])
+    c2 = fc2.bias.double() if fc2.bias is not None else w2.new_zeros(
+        w2.shape[0])
+    g1, _ = _affine(block.norm1, w1)  # b1 cancels in pool(y) - y
+    g2, b2 = _affine(block.norm2, w1)
+    ones = torch.ones_like(g1)
+    ls1 = _scale(block.layer_scale1)
+    ls2 = _scale(block.layer_scale2)
+    ls1 = ones if ls1 is None else ls1
+    ls2 = ones if ls2 is None else ls2
+
+    def channel_map(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else t.to(dtype).view(1, -1, 1, 1)
+
+    return FoldedBlock(
+        pool_size=_pool_size(block.token_mixer),
+        mix_scale=channel_map(ls1 * g1),
+        res_scale1=channel_map(
+            _scale(getattr(block, 'res_scale1', nn.Identity()))),
+        res_scale2=channel_map(
+            _scale(getattr(block, 'res_scale2', nn.Identity()))),
+        eps1=float(block.norm1.eps),
+        eps2=float(block.norm2.eps),
+        fc1_weight=(w1 * g2).to(dtype)[:, :, None, None].contiguous(),
+        fc1_bias=(c1 + w1 @ b2).to(dtype),
+        act=block.mlp.act,
+        fc2_weight=(w2 * ls2[:, None]).to(dtype)[:, :, None,
+                                                 None].contiguous(),
+        fc2_bias=(c2 * ls2).to(dtype))
+
+
+# The one-pass variance E[x^2] - E[x]^2 loses about float32 eps times
+# E[x^2] / var of relative precision; above this ratio (a mean of more than
+# about 10 standard deviations) the two-pass formula is used.
+_ONE_PASS_MAX_RATIO = 100.
+
+
+def mean_rstd(x: Tensor, eps: float,
+              out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Mean and ``1 / sqrt(var + eps)`` over (C, H, W) of each sample, as
+    GroupNorm(1) computes them, each of shape (N, 1, 1, 1).
+
+    On CPU (float32 / float64) both come from one pass (sum and norm of
+    ``x``) unless the mean is large against the standard deviation; then,
+    and elsewhere, the variance is taken of the centred values (two
+    passes), in float32 at least. ``out``, a tensor like ``x``, may be
+    used as scratch space.
+    """
+    n = x[0].numel()
+    dims = (1, 2, 3)
+    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64):
+        # Two reductions, then a few numbers in float64 on the host.
+        means, rstds = [], []
+        for total, norm in zip(x.sum(dim=dims).tolist(),
+                               torch.linalg.vector_norm(x, dim=dims).tolist()):
+            mean, meansq = total / n, norm * norm / n
+            var = meansq - mean * mean
+            if not var * _ONE_PASS_MAX_RATIO > meansq:
+                break
+            means.append(mean)
+            rstds.append(1. / math.sqrt(var + eps))
+        else:
+            shape = (len(means), 1, 1, 1)
+            return (torch.tensor(means, dtype=x.dtype).view(shape),
+                    torch.tensor(rstds, dtype=x.dtype).view(shape))
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+        out = None
+    mean = x.sum(dim=dims, keepdim=True).div_(n)
+    centred = x - mean if out is None else torch.sub(x, mean, out=out)
+    norm = torch.linalg.vector_norm(centred, dim=dims, keepdim=True)
+    return mean, norm.square_().div_(n).add_(eps).rsqrt_()
+
+
+class _Workspace(threading.local):
+    """Scratch tensors of the fast path, one set per thread, reused from
+    call to call (fresh large allocations cost page faults on CPU)."""
+
+    def __init__(self) -> None:
+        self.tensors: Dict[Tuple, Tensor] = {}
+
+    def get(self, name: str, like: Tensor) -> Tensor:
+        key = (name, tuple(like.shape), like.dtype, like.device)
+        t = self.tensors.get(key)
+        if t is None:
+            if len(self.tensors) >= 32:
+                self.tensors.clear()
+            t = torch.empty_like(like, memory_format=torch.channels_last)
+            self.tensors[key] = t
+        return t
+
+
+_WORKSPACE = _Workspace()
+
+
+def _onednn_ops_available() -> bool:
+    try:
+        mkldnn = torch.ops.mkldnn
+        return (torch.backends.mkldnn.is_available()
+                and hasattr(mkldnn, '_convolution_pointwise')
+                and hasattr(mkldnn, '_convolution_pointwise_')
+                and hasattr(mkldnn, '_reorder_convolution_weight'))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN = _onednn_ops_available()
+_DW_POOL = True
+
+
+def use_onednn(x: Tensor) -> bool:
+    """Whether the oneDNN kernels serve ``x``: CPU float32 with oneDNN."""
+    return (_ONEDNN and x.device.type == 'cpu' and x.dtype == torch.float32
+            and torch.backends.mkldnn.enabled)
+
+
+def _onednn_act(act: nn.Module) -> Optional[Tuple[str, Optional[str]]]:
+    """oneDNN's name (and algorithm) of an activation it fuses into a
+    convolution, None for others."""
+    if type(act) is nn.GELU:
+        return 'gelu', ('tanh' if act.approximate == 'tanh' else 'none')
+    if type(act) is nn.ReLU:
+        return 'relu', None
+    if type(act) is nn.SiLU:
+        return 'swish', None
+    return None
+
+
+class PackCache:
+    """oneDNN-reordered weights per input shape.
+
+    A shape's weights are reordered the second time it is seen (the first
+    call runs on the plain weights, so that inputs of ever-changing sizes
+    pay no reorder), and the weights of at most ``max_shapes`` shapes are
+    kept, the least recently used going first.
+    """
+
+    max_shapes = 2
+
+    def __init__(self) -> None:
+        self._entries: 'OrderedDict[Tuple, object]' = OrderedDict()
+        # Shape-independent tensors (the pooling's ones kernel).
+        self.constants: Dict[int, Tensor] = {}
+
+    def get(self, shape: Tuple, make: Callable[[], object]):
+        """The packed weights for ``shape``, or None on its first sight."""
+        entries = self._entries
+        if shape not in entries:
+            entries[shape] = None  # seen once
+            packed = None
+            first = True
+        else:
+            first = False
+            packed = entries[shape]
+            if packed is None:
+                packed = entries[shape] = make()
+        entries.move_to_end(shape)
+        while len(entries) > 2 * self.max_shapes:
+            entries.popitem(last=False)
+        held = [k for k, v in entries.items() if v is not None]
+        for key in held[:-self.max_shapes]:
+            entries[key] = None
+        return None if first else packed
+
+
+def _pack_conv(weight: Tensor, padding: Sequence[int], stride: Sequence[int],
+               dilation: Sequence[int], groups: int,
+               input_size: Sequence[int]) -> Tensor:
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        weight, list(padding), list(stride), list(dilation), groups,
+        list(input_size))
+
+
+def _mixer_(p: FoldedBlock, x: Tensor) -> Tensor:
+    """``x = r1 * x + ls1 * g1 * rstd1 * (pool(x) - x)``, in place."""
+    k, r = p.pool_size, p.pool_size // 2
+    if use_onednn(x) and _DW_POOL:
+        # Window sums as a depthwise convolution with a ones kernel: one
+        # pass, faster than avg_pool2d and than separable sums on CPU.
+        _, rstd1 = mean_rstd(x, p.eps1, out=_WORKSPACE.get('a', x))
+        ones = p.packed.constants.get(x.shape[1])
+        if ones is None:
+            ones = x.new_ones(x.shape[1], 1, k, k)
+            p.packed.constants[x.shape[1]] = ones
+        pooled = torch.ops.mkldnn._convolution_pointwise(
+            x, ones, None, [r, r], [1, 1], [1, 1], x.shape[1], 'none', [],
+            None)
+        pooled.mul_(inv_count(x.shape[-2], x.shape[-1], k, x))
+    elif x.device.type == 'cpu':
+        # Separable window sums into scratch tensors: faster than
+        # avg_pool2d on CPU.
+        _, rstd1 = mean_rstd(x, p.eps1, out=_WORKSPACE.get('a', x))
+        pooled = box_sum(x, r, _WORKSPACE.get('a', x),
+                         _WORKSPACE.get('b', x))
+        pooled.mul_(inv_count(x.shape[-2], x.shape[-1], k, x))
+    else:
+        _, rstd1 = mean_rstd(x, p.eps1)
+        pooled = F.avg_pool2d(
+            x, p.pool_size, 1, p.pool_size // 2, count_include_pad=False)
+    a = (p.mix_scale * rstd1).to(x.dtype)
+    if p.res_scale1 is None:
+        return x.lerp_(pooled, a)
+    return x.mul_(p.res_scale1 - a).addcmul_(pooled, a)
+
+
+def folded_block_forward(p: FoldedBlock, x: Tensor) -> Tensor:
+    """Run a folded block on ``x`` (N, C, H, W), updating it in place;
+    returns it."""
+    x = _mixer_(p, x)
+    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64):
+        z = _WORKSPACE.get('a', x)
+        mean2, rstd2 = mean_rstd(x, p.eps2, out=z)
+        z = torch.sub(x, mean2, out=z).mul_(rstd2)
+    else:
+        mean2, rstd2 = mean_rstd(x, p.eps2)
+        z = ((x.float() - mean2) * rstd2).to(x.dtype)
+    if p.res_scale2 is not None:
+        x = x.mul_(p.res_scale2)
+    if use_onednn(x):
+        mkldnn = torch.ops.mkldnn
+        packed = p.packed.get(
+            tuple(x.shape), lambda: (
+                _pack_conv(p.fc1_weight, (0, 0), (1, 1), (1, 1), 1, z.shape),
+                _pack_conv(p.fc2_weight, (0, 0), (1, 1), (1, 1), 1,
+                           (x.shape[0], p.fc2_weight.shape[1]) +
+                           tuple(x.shape[2:]))))
+        w1, w2 = packed or (p.fc1_weight, p.fc2_weight)
+        fused = _onednn_act(p.act)
+        attr, algorithm = fused or ('none', None)
+        hidden = mkldnn._convolution_pointwise(z, w1, p.fc1_bias, [0, 0],
+                                               [1, 1], [1, 1], 1, attr, [],
+                                               algorithm)
+        if fused is None:
+            hidden = p.act(hidden)
+        # x += fc2(hidden), written into x by the convolution.
+        return mkldnn._convolution_pointwise_.binary(
+            x, hidden, w2, p.fc2_bias, [0, 0], [1, 1], [1, 1], 1, 'add', 1.0,
+            None, [], None)
+    hidden = p.act(F.conv2d(z, p.fc1_weight, p.fc1_bias))
+    return x.add_(F.conv2d(hidden, p.fc2_weight, p.fc2_bias))
+
+
+def _fingerprint(module: nn.Module) -> Tuple:
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                 for t in list(module.parameters()) + list(module.buffers()))
+
+
+def _plain_conv(module: nn.Module) -> Optional[nn.Conv2d]:
+    """The convolution of a stem / downsampling whose norm is Identity (a
+    module made of ``conv`` and an optional ``norm``), else None."""
+    conv = getattr(module, 'conv', None)
+    norm = getattr(module, 'norm', nn.Identity())
+    children = [m for m in module.children() if m is not norm]
+    if (type(module).__name__ not in ('Stem', 'Downsampling')
+            or type(conv) is not nn.Conv2d or children != [conv]
+            or not isinstance(norm, nn.Identity)
+            or conv.padding_mode != 'zeros'
+            or isinstance(conv.padding, str)):
+        return None
+    return conv
+
+
+class DeployRunner:
+    """Runs a PoolFormer-style backbone on the fast path.
+
+    Folded blocks and reordered convolution weights are cached by module
+    and made again when the module's parameters change (checked by data
+    pointer, version counter, dtype and device of each, so that a
+    ``load_state_dict``, an optimizer step or ``.to()`` is noticed). A
+    copied runner (``copy.deepcopy`` of the model) starts empty.
+    """
+
+    def __init__(self) -> None:
+        self._cache: Dict[int, Tuple[Tuple, object]] = {}
+        self._foldable: Dict[int, bool] = {}
+
+    def __deepcopy__(self, memo) -> 'DeployRunner':
+        return DeployRunner()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def clear(self) -> None:
+        """Forget every folded block and packed weight."""
+        self._cache.clear()
+        self._foldable.clear()
+
+    def cache_bytes(self) -> int:
+        """Memory held by the folded and reordered weights."""
+        seen, total = set(), 0
+
+        def count(obj) -> None:
+            nonlocal total
+            if isinstance(obj, Tensor):
+                if obj.is_mkldnn:
+                    total += obj.numel() * obj.element_size()
+                elif obj.data_ptr() not in seen:
+                    seen.add(obj.data_ptr())
+                    total += obj.untyped_storage().nbytes()
+            elif isinstance(obj, (list, tuple)):
+                for item in obj:
+                    count(item)
+            elif isinstance(obj, PackCache):
+                for item in obj._entries.values():
+                    count(item)
+            elif isinstance(obj, FoldedBlock):
+                for item in obj.__dict__.values():
+                    count(item)
+
+        for _, value in self._cache.values():
+            count(value)
+        return total
+
+    def _cached(self, module: nn.Module, make: Callable):
+        key = _fingerprint(module)
+        hit = self._cache.get(id(module))
+        if hit is None or hit[0] != key:
+            hit = (key, make(module))
+            self._cache[id(module)] = hit
+        return hit[1]
+
+    def foldable(self, block: nn.Module) -> bool:
+        """Whether ``block`` runs folded (cached :func:`can_fold`)."""
+        if id(block) not in self._foldable:
+            self._foldable[id(block)] = can_fold(block)
+        return self._foldable[id(block)]
+
+    def block(self, block: nn.Module, x: Tensor) -> Tensor:
+        """One block; ``x`` may be overwritten."""
+        if self.foldable(block):
+            return folded_block_forward(self._cached(block, fold_block), x)
+        return block(x)
+
+    def conv_module(self, module: nn.Module, x: Tensor) -> Tensor:
+        """A stem or downsampling, its output in channels_last: a plain
+        convolution (see :func:`_plain_conv`) runs as a oneDNN convolution
+        with reordered weights, other modules run their own forward."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        conv = _plain_conv(module)
+        if conv is None or not use_onednn(x):
+            return module(x).contiguous(memory_format=torch.channels_last)
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation),
+                conv.groups)
+        packs = self._cached(conv, lambda c: PackCache())
+        weight = packs.get(
+            tuple(x.shape),
+            lambda: _pack_conv(conv.weight.detach(), *args, x.shape))
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight if weight is None else weight, conv.bias, *args,
+            'none', [], None)
+
+
+def deploy_forward(model: nn.Module, runner: DeployRunner,
+                   x: Tensor) -> Tuple[Tensor, ...]:
+    """The fast-path equivalent of ``PoolFormer.forward`` (eval only).
+
+    Uses the model's ``stem``, ``stages[i].downsample``,
+    ``stages[i].blocks``, ``norm{i}`` and ``out_indices``; a stage of
+    (N, L, C) tokens (``stage.channels_last``) runs through the model's own
+    ``_run_stage``. Outputs are in channels_last memory format.
+
+    Raises:
+        RuntimeError: ``x`` requires grad: the path computes no gradients.
+    """
+    if x.requires_grad:
+        raise RuntimeError(
+            'The deploy path of PoolFormer is inference-only and computes '
+            'no gradients, but the input requires grad. Use a model without '
+            'deploy / switch_to_deploy() to differentiate it.')
+    with torch.no_grad():
+        x = runner.conv_module(model.stem, x)
+        outs: List[Tensor] = []
+        last = max(model.out_indices)
+        for i, stage in enumerate(model.stages[:last + 1]):
+            if getattr(stage, 'channels_last', False):
+                x = model._run_stage(stage, x).contiguous(
+                    memory_format=torch.channels_last)
+            else:
+                if not isinstance(stage.downsample, nn.Identity):
+                    x = runner.conv_module(stage.downsample, x)
+                for block in stage.blocks:
+                    x = runner.block(block, x)
+            if i in model.out_indices:
+                outs.append(getattr(model, f'norm{i}')(x))
+        order = sorted(model.out_indices)
+        return tuple(outs[order.index(i)] for i in model.out_indices)

@@ -1,0 +1,311 @@
+"""The inference fast path (``switch_to_deploy``) and the CPU fast ops of the
+default path: same outputs (and gradients) as the plain modules.
+
+Timing goals are checked by ``tools/benchmark.py``, never here.
+"""
+import copy
+import os.path as osp
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import CONFIGS, run_tool
+
+from poolformer_mm import PoolFormer
+from poolformer_mm.models.backbones import deploy, fast_ops
+
+# Relative error: max |deploy - default| over max |default|, per output.
+RTOL = 1e-4
+
+
+def rel_err(ref, out):
+    return max(((r - o).abs().max() / r.abs().max()).item()
+               for r, o in zip(ref, out))
+
+
+@torch.no_grad()
+def perturb(model, seed=0):
+    """Non-trivial norm affines, layer scales and biases, so that folding
+    them is actually exercised (the initial ones are 1, 0 and 1e-5)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if 'norm' in name and name.endswith('weight'):
+            p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+        elif 'norm' in name and name.endswith('bias'):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        elif name.endswith('scale'):
+            p.copy_(torch.rand(p.shape, generator=g) * 0.9 + 0.1)
+        elif name.endswith('bias'):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def pair(arch='s12', **kwargs):
+    torch.manual_seed(0)
+    model = perturb(PoolFormer(arch, **kwargs)).eval()
+    return model, copy.deepcopy(model).switch_to_deploy()
+
+
+@pytest.mark.parametrize('arch,size,batch', [('s12', (67, 93), 2),
+                                             ('s12', (64, 64), 1),
+                                             ('s12', (33, 35), 1),
+                                             ('m36', (67, 93), 1)])
+def test_deploy_matches_default(arch, size, batch):
+    model, deployed = pair(arch)
+    x = torch.randn(batch, 3, *size)
+    with torch.no_grad():
+        ref = model(x)
+        # The first call runs on plain weights, the second reorders them
+        # for this shape, the third uses the reordered ones.
+        outs = [deployed(x) for _ in range(3)]
+    for out in outs:
+        assert [o.shape for o in out] == [r.shape for r in ref]
+        assert rel_err(ref, out) < RTOL
+    assert all(
+        o.is_contiguous(memory_format=torch.channels_last) for o in outs[0])
+
+
+def test_deploy_generic_kernels(monkeypatch):
+    """The path used off CPU (CUDA, other dtypes), forced on CPU."""
+    model, deployed = pair('s12')
+    monkeypatch.setattr(deploy, '_ONEDNN', False)
+    x = torch.randn(2, 3, 67, 93)
+    with torch.no_grad():
+        assert rel_err(model(x), deployed(x)) < RTOL
+
+
+def test_deploy_two_pass_statistics(monkeypatch):
+    """A mean far above the spread takes the two-pass variance."""
+    monkeypatch.setattr(deploy, '_ONE_PASS_MAX_RATIO', 0.)
+    model, deployed = pair('s12')
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(model(x), deployed(x)) < RTOL
+    x = torch.randn(2, 8, 5, 7) * 0.01 + 1000.
+    mean, rstd = deploy.mean_rstd(x, 1e-5)
+    ref_var, ref_mean = torch.var_mean(
+        x.double().flatten(1), dim=1, correction=0)
+    torch.testing.assert_close(
+        mean.flatten().double(), ref_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close((rstd.flatten().double()**-2 - 1e-5),
+                               ref_var, rtol=1e-3, atol=0)
+
+
+def test_deploy_without_layer_scale_and_other_pool_size():
+    arch = dict(layers=[1, 1, 2, 1], embed_dims=[16, 24, 32, 40],
+                mlp_ratios=2, layer_scale_init_value=None)
+    model, deployed = pair(arch, pool_size=5, out_indices=(3, 1))
+    x = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        assert rel_err(model(x), deployed(x)) < RTOL
+
+
+def test_deploy_metaformer_res_scale_and_star_relu():
+    """PoolFormerV2 blocks: res-scales, StarReLU, bias-free GroupNorm,
+    normed stem and downsamplings (run as they are)."""
+    metaformer = pytest.importorskip('poolformer_mm').MetaFormer
+    torch.manual_seed(0)
+    model = perturb(metaformer('poolformerv2_s12')).eval()
+    blocks = [b for s in model.stages for b in s.blocks]
+    assert all(deploy.can_fold(b) for b in blocks)
+    x = torch.randn(1, 3, 64, 80)
+    runner = deploy.DeployRunner()
+    with torch.no_grad():
+        ref = model(x)
+        for _ in range(3):
+            assert rel_err(ref, deploy.deploy_forward(model, runner,
+                                                      x)) < RTOL
+
+
+def test_weights_loaded_after_switch_are_used(tmp_path):
+    model, _ = pair('s12')
+    deployed = PoolFormer('s12', deploy=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = deployed(x)
+        deployed(x)  # reorders the weights of this shape
+        deployed.load_state_dict(model.state_dict())
+        ref, out = model(x), deployed(x)
+    assert rel_err(ref, out) < RTOL
+    assert rel_err(ref, before) > 1e-2
+    # Through the checkpoint loader (init_cfg Pretrained) as well.
+    path = tmp_path / 'weights.pth'
+    torch.save(perturb(copy.deepcopy(model), seed=1).state_dict(), path)
+    deployed.init_cfg = dict(type='Pretrained', checkpoint=str(path))
+    deployed.init_weights()
+    fresh = PoolFormer('s12').eval()
+    fresh.load_state_dict(torch.load(path))
+    with torch.no_grad():
+        assert rel_err(fresh(x), deployed(x)) < RTOL
+
+
+def test_state_dict_unchanged_and_copies():
+    model, deployed = pair('s12')
+    assert list(model.state_dict()) == list(deployed.state_dict())
+    twin = copy.deepcopy(deployed)
+    assert twin.deploy and twin._deploy_runner is not deployed._deploy_runner
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        assert rel_err(model(x), twin(x)) < RTOL
+
+
+def test_deploy_is_inference_only():
+    _, deployed = pair('s12')
+    assert not deployed.training
+    deployed.eval()  # fine
+    with pytest.raises(RuntimeError, match='inference-only deploy'):
+        deployed.train()
+    wrapper = nn.Sequential(deployed)
+    with pytest.raises(RuntimeError, match='cannot train'):
+        wrapper.train()
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    with pytest.raises(RuntimeError, match='requires grad'):
+        deployed(x)
+    with pytest.raises(ValueError, match='C=3'):
+        deployed(torch.randn(1, 4, 32, 32))
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_deploy_from_config(scope):
+    registry = pytest.importorskip(f'{scope}.registry').MODELS
+    model = registry.build(dict(type='PoolFormer', arch='s12', deploy=True))
+    assert model.deploy and not model.training
+    ref = PoolFormer('s12').eval()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(ref(x), model(x)) < RTOL
+
+
+def test_switch_model_to_deploy():
+    from poolformer_mm.utils.deploy import switch_model_to_deploy
+    detector = nn.ModuleDict(dict(backbone=PoolFormer('s12'),
+                                  neck=nn.Conv2d(3, 3, 1)))
+    assert switch_model_to_deploy(detector) == ['backbone']
+    assert detector.backbone.deploy
+    with pytest.raises(RuntimeError, match='switch_to_deploy'):
+        switch_model_to_deploy(nn.Conv2d(3, 3, 1))
+
+
+# ---------------------------------------------------------------------------
+# The default path's CPU fast ops
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('pool_size', [3, 5, 7])
+@pytest.mark.parametrize('shape', [(2, 8, 9, 13), (1, 4, 1, 6), (1, 4, 5, 1),
+                                   (1, 3, 2, 2)])
+def test_pool_mixer_matches_avg_pool(pool_size, shape):
+    pool = nn.AvgPool2d(pool_size, 1, pool_size // 2, count_include_pad=False)
+    x = torch.randn(shape, requires_grad=True)
+    grad = torch.randn(shape)
+    out = fast_ops.pool_mixer(pool, x)
+    (gx, ) = torch.autograd.grad(out, x, grad)
+    x_ref = x.detach().clone().requires_grad_()
+    ref = pool(x_ref) - x_ref
+    (g_ref, ) = torch.autograd.grad(ref, x_ref, grad)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, g_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_pointwise_conv_matches_conv(batch):
+    conv = nn.Conv2d(8, 16, 1)
+    x = torch.randn(batch, 8, 7, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fast_ops.pointwise_conv(conv, x), conv(x), rtol=1e-5, atol=1e-6)
+    # Training (autograd) runs the convolution itself.
+    out = fast_ops.pointwise_conv(conv, x.requires_grad_())
+    assert out.grad_fn is not None
+
+
+def test_default_path_matches_plain_ops():
+    torch.manual_seed(0)
+    model = perturb(PoolFormer('s12'))
+    x = torch.randn(2, 3, 67, 93)
+    outs, grads = [], []
+    for context in (fast_ops.plain_ops, torch.enable_grad):
+        model.zero_grad()
+        with context():
+            out = model(x)
+        sum(o.square().mean() for o in out).backward()
+        outs.append(out)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert rel_err(outs[0], outs[1]) < 1e-5
+    for ref, grad in zip(*grads):
+        # Some gradients are zero up to rounding (norm1's bias cancels in
+        # pool(y) - y): compare with a small absolute floor.
+        assert (ref - grad).abs().max() <= 1e-4 * ref.abs().max() + 1e-7
+    model.eval()
+    with torch.no_grad(), fast_ops.plain_ops():
+        ref = model(x)
+    with torch.no_grad():
+        assert rel_err(ref, model(x)) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# tools/test.py --deploy, end to end
+# ---------------------------------------------------------------------------
+def test_tools_test_deploy(demo_data, tmp_path):
+    pytest.importorskip('mmdet')
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from poolformer_mm.utils.runner import register_scope_modules
+    config = osp.join(CONFIGS, 'demo', 'retinanet_poolformer_s12_demo.py')
+    cfg = Config.fromfile(config)
+    register_scope_modules('mmdet')
+    from mmdet.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        detector = MODELS.build(cfg.model)
+    perturb(detector.backbone)
+    checkpoint = tmp_path / 'detector.pth'
+    torch.save(dict(state_dict=detector.state_dict(), meta=dict()),
+               checkpoint)
+
+    root = f'{demo_data}/coco/'
+    options = [
+        f'test_dataloader.dataset.data_root={root}',
+        f'test_evaluator.ann_file={root}annotations/instances_val.json',
+        'test_dataloader.num_workers=0', 'test_dataloader.batch_size=1',
+        'test_dataloader.persistent_workers=False',
+        # Keep low-scoring boxes so that there is something to compare.
+        'model.test_cfg.score_thr=0.0', 'model.test_cfg.max_per_img=20'
+    ]
+    results = {}
+    for mode in ('default', 'deploy'):
+        out = tmp_path / f'{mode}.pkl'
+        extra = ['--deploy'] if mode == 'deploy' else []
+        run = run_tool('test.py', config, checkpoint, '--work-dir',
+                       tmp_path / mode, '--out', out, *extra,
+                       '--cfg-options', *options, timeout=300)
+        log = run.stdout + run.stderr
+        assert ('Switched to the deploy' in log) == (mode == 'deploy')
+        with open(out, 'rb') as f:
+            results[mode] = pickle.load(f)
+    assert len(results['default']) == len(results['deploy']) == 4
+    for ref, out in zip(results['default'], results['deploy']):
+        ref_scores = ref['pred_instances']['scores'].sort().values
+        out_scores = out['pred_instances']['scores'].sort().values
+        assert len(ref_scores) > 0
+        torch.testing.assert_close(out_scores, ref_scores, rtol=1e-4,
+                                   atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_deploy_cuda(monkeypatch):
+    # TF32 would round the two paths' convolutions differently.
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+    model, deployed = pair('s12')
+    model, deployed = model.cuda(), deployed.cuda()
+    x = torch.randn(2, 3, 67, 93, device='cuda')
+    with torch.no_grad():
+        ref = model(x)
+        for _ in range(3):
+            assert rel_err(ref, deployed(x)) < RTOL
+        for dtype in (torch.float16, torch.bfloat16):
+            with torch.autocast('cuda', dtype=dtype):
+                out = deployed(x)
+            assert all(o.dtype == dtype for o in out)
+            assert rel_err(ref, out) < 5e-2
