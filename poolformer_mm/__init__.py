@@ -1,9 +1,14 @@
-"""PoolFormer backbones for MMDetection 3.x and MMSegmentation 1.x.
+"""PoolFormer and MetaFormer backbones for MMDetection 3.x and MMSegmentation
+1.x.
 
 Importing this package registers the backbones in both frameworks' ``MODELS``
 registries, so configs can use ``custom_imports=dict(imports=['poolformer_mm'])``.
+It also registers the training helpers of :mod:`poolformer_mm.engine`
+(``SafeCheckpointHook``, ``CPUDistributedDataParallel``,
+``AutocastOptimWrapper``) in mmengine's registries.
 """
-from .models import PoolFormer
+from . import engine  # noqa: F401  (registers the training helpers)
+from .models import MetaFormer, PoolFormer
 from .version import __version__
 
-__all__ = ['PoolFormer', '__version__']
+__all__ = ['MetaFormer', 'PoolFormer', '__version__']

@@ -6,15 +6,30 @@ that ``type='PoolFormer'`` resolves under ``default_scope='mmdet'`` and
 MMSegmentation must not hide the class from MMDetection, nor the reverse. The
 class is also registered in mmengine's root ``MODELS``, which every scope
 falls back to, so it stays buildable when neither framework is installed.
+
+The same registries get a check after every build
+(:func:`check_neck_channels`): a detector or segmentor whose neck expects
+other channels than this package's backbone emits fails when it is built,
+with both lists in the message, instead of with a convolution shape error in
+its first forward pass. It sits here because the backbone cannot see the
+neck, and it wraps the ``build_func`` of all three registries because the
+runner builds models through mmengine's root ``MODELS`` while scripts use
+``mmdet.registry.MODELS`` or ``mmseg.registry.MODELS``, and each keeps its
+own. Models with other backbones are left alone.
 """
+import functools
 import importlib
 import warnings
-from typing import Dict, Type
+from typing import Callable, Dict, Set, Type
 
+import torch.nn as nn
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
 FRAMEWORK_REGISTRIES = ('mmdet.registry', 'mmseg.registry')
+# Backbone classes registered by this package.
+_BACKBONES: Set[Type] = set()
+_CHECKED = '_poolformer_mm_checks_necks'
 
 
 def _framework_registries() -> Dict[str, Registry]:
@@ -29,9 +44,59 @@ def _framework_registries() -> Dict[str, Registry]:
     return registries
 
 
+def check_neck_channels(model: nn.Module) -> None:
+    """Raise if ``model.neck`` expects other channels than ``model.backbone``
+    (one of this package's backbones) emits.
+
+    Models without a neck, other backbones, and necks whose ``in_channels``
+    is not a list (e.g. a single int) are not checked.
+
+    Raises:
+        ValueError: Names both channel lists and the backbone settings.
+    """
+    backbone = getattr(model, 'backbone', None)
+    neck = getattr(model, 'neck', None)
+    if neck is None or not isinstance(backbone, tuple(_BACKBONES)):
+        return
+    if isinstance(neck, nn.Sequential) and len(neck) > 0:
+        neck = neck[0]  # a list of necks: the first one takes the features
+    in_channels = getattr(neck, 'in_channels', None)
+    if not isinstance(in_channels, (list, tuple)):
+        return
+    out_channels = list(backbone.out_channels)
+    if list(in_channels) != out_channels:
+        raise ValueError(
+            f'{type(model).__name__}: the neck ({type(neck).__name__}) has '
+            f'in_channels={list(in_channels)} but the backbone '
+            f'({type(backbone).__name__}, arch '
+            f'{getattr(backbone, "arch_name", "?")!r}, out_indices='
+            f'{tuple(backbone.out_indices)}) emits out_channels='
+            f'{out_channels}: one entry per backbone output, in order. Set '
+            f'model.neck.in_channels={out_channels} or change '
+            'model.backbone.out_indices / arch.')
+
+
+def _with_neck_check(build_func: Callable) -> Callable:
+    if getattr(build_func, _CHECKED, False):
+        return build_func
+
+    @functools.wraps(build_func)
+    def build(cfg, *args, **kwargs):
+        model = build_func(cfg, *args, **kwargs)
+        check_neck_channels(model)
+        return model
+
+    setattr(build, _CHECKED, True)
+    return build
+
+
 def register_backbone(cls: Type) -> Type:
-    """Class decorator: register ``cls`` in every available ``MODELS``."""
-    MMENGINE_MODELS.register_module(module=cls)
-    for registry in _framework_registries().values():
+    """Class decorator: register ``cls`` in every available ``MODELS``, and
+    check the neck of every model built there (:func:`check_neck_channels`).
+    """
+    _BACKBONES.add(cls)
+    registries = [MMENGINE_MODELS] + list(_framework_registries().values())
+    for registry in registries:
         registry.register_module(module=cls)
+        registry.build_func = _with_neck_check(registry.build_func)
     return cls

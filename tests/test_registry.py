@@ -71,3 +71,65 @@ def test_custom_imports_in_config():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == 'PoolFormer'
+
+
+def neck_mismatch_cfg(name):
+    import os.path as osp
+
+    from mmengine.config import Config
+
+    from conftest import CONFIGS
+    cfg = Config.fromfile(osp.join(CONFIGS, name))
+    cfg.model.backbone.init_cfg = None
+    # The backbone emits stages 1-3 of S12: [128, 320, 512].
+    cfg.model.backbone.out_indices = (1, 2, 3)
+    cfg.model.neck.in_channels = [64, 128, 320, 512]
+    return cfg.model
+
+
+NECK_MISMATCH = (r'neck \(FPN\) has in_channels=\[64, 128, 320, 512\] but '
+                 r"the backbone \(PoolFormer, arch 's12', out_indices=\(1, 2, "
+                 r'3\)\) emits out_channels=\[128, 320, 512\]')
+
+
+@pytest.mark.parametrize('scope,config', [
+    ('mmdet', 'retinanet_poolformer_s12.py'),
+    ('mmseg', 'sem_fpn_poolformer_s12.py'),
+])
+def test_neck_channel_mismatch_fails_at_build(scope, config):
+    from mmengine.registry import MODELS as ROOT_MODELS
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    model_cfg = neck_mismatch_cfg(config)
+    init_default_scope(scope)
+    # The framework's registry (scripts) and mmengine's root registry with
+    # the default scope (what the runner calls).
+    for registry in (MODELS, ROOT_MODELS):
+        with pytest.raises(ValueError, match=NECK_MISMATCH):
+            registry.build(model_cfg)
+    model_cfg.neck.in_channels = [128, 320, 512]
+    model = MODELS.build(model_cfg)
+    assert model.neck.in_channels == model.backbone.out_channels
+
+
+def test_neck_check_leaves_other_backbones_alone():
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    model = MODELS.build(dict(
+        type='RetinaNet',
+        data_preprocessor=dict(type='DetDataPreprocessor'),
+        backbone=dict(type='ResNet', depth=18, out_indices=(1, 2, 3)),
+        neck=dict(type='FPN', in_channels=[128, 256, 512], out_channels=32,
+                  num_outs=3),
+        bbox_head=dict(
+            type='RetinaHead', num_classes=2, in_channels=32,
+            feat_channels=32, stacked_convs=1,
+            anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                                  scales_per_octave=1, ratios=[1.0],
+                                  strides=[8, 16, 32]),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+            loss_cls=dict(type='FocalLoss', use_sigmoid=True),
+            loss_bbox=dict(type='L1Loss'))))
+    assert type(model).__name__ == 'RetinaNet'

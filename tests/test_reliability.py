@@ -1,0 +1,288 @@
+"""Checkpoints that survive crashes, resume on torch >= 2.6, unsafe pickles.
+
+The end-to-end tests train the tiny demo config (tests/tiny_demo.py: 2
+epochs of 4 iterations at 64x64, deterministic) through tools/train.py.
+"""
+import os
+import os.path as osp
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer, MessageHub
+
+from conftest import TOOLS, run_tool
+from poolformer_mm.checkpoint import CheckpointError
+from poolformer_mm.engine.checkpoint_hook import PART_SUFFIX
+from poolformer_mm.utils.training_checkpoint import (checkpoint_is_complete,
+                                                     find_resumable_checkpoint,
+                                                     guard_checkpoint_loading,
+                                                     load_training_checkpoint)
+from tiny_demo import state_dict, write_tiny_config
+
+EPOCHS = 2
+
+
+def assert_same_weights(path, reference):
+    actual, expected = state_dict(path), state_dict(reference)
+    assert list(actual) == list(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, msg=key)
+
+
+@pytest.fixture(scope='module')
+def reference(demo_data, tmp_path_factory):
+    """The uninterrupted run: work dir with epoch_1..3.pth."""
+    tmp = tmp_path_factory.mktemp('reference')
+    config = write_tiny_config(tmp / 'tiny.py', demo_data, EPOCHS)
+    run_tool('train.py', config, '--work-dir', tmp / 'work')
+    work = tmp / 'work'
+    assert (work / 'last_checkpoint').read_text() == str(work /
+                                                         f'epoch_{EPOCHS}.pth')
+    yield work
+    shutil.rmtree(tmp)  # 240 MB a checkpoint
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(demo_data, reference,
+                                                       tmp_path):
+    config = write_tiny_config(tmp_path / 'tiny.py', demo_data, EPOCHS)
+    work = tmp_path / 'work'
+    log = open(tmp_path / 'killed.log', 'w')
+    proc = subprocess.Popen([
+        sys.executable,
+        osp.join(TOOLS, 'train.py'), config, '--work-dir',
+        str(work)
+    ],
+                            stdout=log,
+                            stderr=subprocess.STDOUT)
+    pointer = work / 'last_checkpoint'
+    deadline = time.monotonic() + 600
+    try:
+        # Kill as soon as the first checkpoint is complete (the pointer is
+        # written after the file).
+        while not (pointer.is_file() and pointer.read_text()
+                   and osp.isfile(pointer.read_text())):
+            assert proc.poll() is None, (tmp_path / 'killed.log').read_text()
+            assert time.monotonic() < deadline, 'no checkpoint in 10 min'
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert not (work / f'epoch_{EPOCHS}.pth').exists(), 'killed too late'
+
+    result = run_tool('train.py', config, '--work-dir', work, '--resume')
+    assert 'resumed epoch: ' in result.stdout + result.stderr
+    assert_same_weights(work / f'epoch_{EPOCHS}.pth',
+                        reference / f'epoch_{EPOCHS}.pth')
+    shutil.rmtree(work)
+
+
+# Imported by the training process through custom_imports: the checkpoint of
+# epoch 2 is half written when the process is SIGKILLed.
+DIE_WHILE_SAVING = '''
+import os, signal
+from mmengine.fileio import LocalBackend
+
+_put = LocalBackend.put
+
+
+def put(self, obj, filepath):
+    if 'epoch_2.pth' in str(filepath) and os.environ.get('DIE_WHILE_SAVING'):
+        with open(filepath, 'wb') as f:
+            f.write(obj[:len(obj) // 2])
+            f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _put(self, obj, filepath)
+
+
+LocalBackend.put = put
+'''
+
+
+def test_kill_during_checkpoint_write(demo_data, reference, tmp_path):
+    """A kill while epoch_2.pth is written leaves epoch_1.pth usable, even
+    with max_keep_ckpts=1 (mmengine deletes the old checkpoint before writing
+    the new one). Then the torn file is put where a non-atomic writer would
+    have left it, with the pointer on it: resume must skip it."""
+    (tmp_path / 'die_while_saving.py').write_text(DIE_WHILE_SAVING)
+    config = write_tiny_config(
+        tmp_path / 'tiny.py',
+        demo_data,
+        max_epochs=2,
+        max_keep_ckpts=1,
+        imports=('poolformer_mm', 'die_while_saving'))
+    work = tmp_path / 'work'
+    env = dict(
+        os.environ,
+        DIE_WHILE_SAVING='1',
+        PYTHONPATH=os.pathsep.join(
+            [str(tmp_path), os.environ.get('PYTHONPATH', '')]))
+    killed = subprocess.run([
+        sys.executable,
+        osp.join(TOOLS, 'train.py'), config, '--work-dir',
+        str(work)
+    ],
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # The torn bytes are only under the temporary name.
+    part = work / ('epoch_2.pth' + PART_SUFFIX)
+    assert part.is_file() and not (work / 'epoch_2.pth').exists()
+    assert checkpoint_is_complete(str(work / 'epoch_1.pth'))
+    assert (work / 'last_checkpoint').read_text() == str(work / 'epoch_1.pth')
+    assert find_resumable_checkpoint(str(work)) == str(work / 'epoch_1.pth')
+
+    # What mmengine's own hook could leave: the torn file under its name,
+    # and (after a disk filled up, or a copy) the pointer on it.
+    part.rename(work / 'epoch_2.pth')
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_2.pth'))
+    assert not checkpoint_is_complete(str(work / 'epoch_2.pth'))
+
+    env.pop('DIE_WHILE_SAVING')
+    result = run_tool(
+        'train.py', config, '--work-dir', work, '--resume', env=env)
+    output = result.stdout + result.stderr
+    assert 'missing or incomplete' in output
+    assert 'resuming from ' + str(work / 'epoch_1.pth') in output
+    assert_same_weights(work / 'epoch_2.pth', reference / 'epoch_2.pth')
+    # max_keep_ckpts=1 still holds, and no temporary file is left.
+    assert sorted(p.name for p in work.glob('*.pth*')) == ['epoch_2.pth']
+    shutil.rmtree(work)
+
+
+def test_find_resumable_checkpoint_cases(tmp_path):
+    assert find_resumable_checkpoint(str(tmp_path)) is None
+    torch.save({'x': torch.zeros(1)}, tmp_path / 'iter_4.pth')
+    torch.save({'x': torch.zeros(1)}, tmp_path / 'iter_8.pth')
+    (tmp_path / 'iter_12.pth').write_bytes(b'torn')
+    # No pointer: the newest complete file by its number.
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path /
+                                                           'iter_8.pth')
+    # An empty pointer (killed while rewriting it) is not trusted either.
+    (tmp_path / 'last_checkpoint').write_text('')
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path /
+                                                           'iter_8.pth')
+    # A pointer to a deleted file.
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_16.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path /
+                                                           'iter_8.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path /
+                                                           'iter_4.pth')
+    for name in ('iter_4.pth', 'iter_8.pth'):
+        (tmp_path / name).unlink()
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_12.pth'))
+    with pytest.raises(CheckpointError, match=r'no complete checkpoint'):
+        find_resumable_checkpoint(str(tmp_path))
+
+
+def mmengine_like_checkpoint():
+    """What mmengine puts into a training checkpoint besides tensors."""
+    hub = MessageHub.get_instance('test_reliability')
+    hub.update_scalar('train/loss', np.float64(1.5))
+    hub.update_scalar('train/lr', 0.1)
+    hub.update_info('keep_ckpt_ids', [1, 2])
+    return {
+        'meta': {
+            'epoch': 1,
+            'iter': 4,
+            'dataset_meta': {
+                'classes': ('a', 'b'),
+                'palette': np.array([[1, 2, 3]])
+            }
+        },
+        'state_dict': {
+            'w': torch.ones(2)
+        },
+        'message_hub': hub.state_dict(),
+    }
+
+
+def test_mmengine_types_load_weights_only(tmp_path):
+    path = tmp_path / 'epoch_1.pth'
+    torch.save(mmengine_like_checkpoint(), path)
+    # torch's default refuses it: that is why resuming needs the allowlist.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path)
+    checkpoint = load_training_checkpoint(str(path))
+    buffer = checkpoint['message_hub']['log_scalars']['train/loss']
+    assert isinstance(buffer, HistoryBuffer)
+    assert buffer.mean() == 1.5 and buffer.statistics('max') == 1.5
+    assert checkpoint['meta']['dataset_meta']['palette'].tolist() == [[
+        1, 2, 3
+    ]]
+    # The allowlist is gone again afterwards.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path)
+
+
+class Payload:
+    """An object whose unpickling would run code."""
+
+    def __reduce__(self):
+        return (print, ('pwned', ))
+
+
+class SneakyAttribute:
+    """getattr of something other than a HistoryBuffer statistic."""
+
+    def __reduce__(self):
+        return (getattr, (HistoryBuffer, 'update'))
+
+
+@pytest.mark.parametrize('payload,what', [
+    (Payload(), 'the global print'),
+    (SneakyAttribute(), "getattr(<class 'mmengine.logging.history_buffer."
+     "HistoryBuffer'>, 'update')"),
+])
+def test_unsafe_checkpoint_is_refused(payload, what, tmp_path, capsys):
+    checkpoint = mmengine_like_checkpoint()
+    checkpoint['meta']['evil'] = payload
+    torch.save(checkpoint, tmp_path / 'evil.pth')
+    with pytest.raises(CheckpointError) as info:
+        load_training_checkpoint(str(tmp_path / 'evil.pth'))
+    message = str(info.value)
+    assert 'evil.pth' in message and 'arbitrary code' in message
+    assert what in message and 'HistoryBuffer' in message
+    assert 'pwned' not in capsys.readouterr().out
+
+
+class FakeRunner:
+    """Just what guard_checkpoint_loading wraps."""
+
+    def load_checkpoint(self, filename, map_location='cpu'):
+        from mmengine.runner.checkpoint import _load_checkpoint
+        return _load_checkpoint(filename, map_location=map_location)
+
+    def resume(self, filename):
+        self.loaded = self.load_checkpoint(filename)
+
+
+def test_runner_loading_is_guarded(tmp_path):
+    torch.save(mmengine_like_checkpoint(), tmp_path / 'good.pth')
+    checkpoint = mmengine_like_checkpoint()
+    checkpoint['evil'] = Payload()
+    torch.save(checkpoint, tmp_path / 'evil.pth')
+    data = (tmp_path / 'good.pth').read_bytes()
+    (tmp_path / 'torn.pth').write_bytes(data[:len(data) // 2])
+    runner = FakeRunner()
+    with pytest.raises(pickle.UnpicklingError):
+        runner.load_checkpoint(str(tmp_path / 'good.pth'))
+    guard_checkpoint_loading(runner)
+    assert runner.load_checkpoint(str(tmp_path /
+                                      'good.pth'))['meta']['iter'] == 4
+    with pytest.raises(CheckpointError, match='arbitrary code'):
+        runner.load_checkpoint(str(tmp_path / 'evil.pth'))
+    with pytest.raises(CheckpointError, match=r'torn\.pth.*truncated'):
+        runner.load_checkpoint(str(tmp_path / 'torn.pth'))
