@@ -39,7 +39,7 @@ from shapely.ops import unary_union
 CLASSES = ('circle', 'square', 'triangle', 'star')
 # Semantic labels: 0 unlabelled (ignored), 1 background, then the shapes.
 SEG_CLASSES = ('background', ) + CLASSES
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_VISIBLE = 0.6  # an occluded shape keeps at least this much of its area
 SPLITS = (('train', 'training'), ('val', 'validation'))
 
@@ -104,17 +104,18 @@ def make_scene(rng, size, max_objects):
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
             kind = int(rng.integers(len(CLASSES)))
-            radius = rng.uniform(size * 0.08, size * 0.22)
+            radius = rng.uniform(size * 0.1, size * 0.24)
             cx, cy = rng.uniform(radius * 0.7, size - radius * 0.7, 2)
             points = shape_polygon(CLASSES[kind], cx, cy, radius,
                                    rng.uniform(0, 2 * math.pi))
             poly = Polygon(points).intersection(
                 Polygon([(0, 0), (size, 0), (size, size), (0, size)]))
-            # Each earlier shape must stay mostly visible under this one.
+            # Each earlier shape must stay mostly visible under the shapes
+            # drawn after it, this one included.
             if all(
-                    prev.difference(unary_union([p for _, p in placed[j:]] +
-                                                [poly])).area >=
-                    MIN_VISIBLE * prev.area
+                    prev.difference(
+                        unary_union([p for _, p in placed[j + 1:]] +
+                                    [poly])).area >= MIN_VISIBLE * prev.area
                     for j, (_, prev) in enumerate(placed)):
                 break
         else:
