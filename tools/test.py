@@ -15,7 +15,8 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 
-from poolformer_mm.utils import build_runner, load_config
+from poolformer_mm.utils import (build_runner, close_distributed,
+                                 load_config)
 
 
 def parse_args(argv=None):
@@ -116,7 +117,9 @@ def main(argv=None):
                 f'--out must be a .pkl or .pickle file, got {args.out!r}')
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
-    return runner.test()
+    metrics = runner.test()
+    close_distributed()
+    return metrics
 
 
 if __name__ == '__main__':

@@ -10,9 +10,9 @@ import os
 
 from mmengine.config import DictAction
 
-from poolformer_mm.utils import (build_runner, enable_amp,
-                                 enable_auto_scale_lr, load_config,
-                                 set_resume)
+from poolformer_mm.utils import (build_runner, close_distributed,
+                                 enable_amp, enable_auto_scale_lr,
+                                 load_config, set_resume)
 
 
 def parse_args(argv=None):
@@ -64,6 +64,7 @@ def main(argv=None):
     set_resume(cfg, args.resume)
     runner = build_runner(cfg)
     runner.train()
+    close_distributed()
 
 
 if __name__ == '__main__':

@@ -116,6 +116,19 @@ def build_runner(cfg: Config) -> Runner:
     return runner
 
 
+def close_distributed() -> None:
+    """Leave the process group at the end of a multi-process run.
+
+    Without it the interpreter can exit while gloo's threads still run;
+    torchrun then sees a rank die with SIGABRT ("terminate called without an
+    active exception") after the work is done, and reports the run failed.
+    """
+    if torch.distributed.is_available() and (
+            torch.distributed.is_initialized()):
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def enable_amp(cfg: Config) -> None:
     """Switch the optimizer wrapper to mixed precision.
 
