@@ -144,39 +144,25 @@ def data_options(scope, data):
 # A couple of iterations of every demo config through the real tools: the
 # test checks that they run end to end and write what they promise, the
 # README's numbers come from the full demo schedule.
+# In-process data loading: worker processes only cost start-up here.
+IN_PROCESS_LOADING = [
+    f'{loader}.{option}' for loader in ('train_dataloader', 'val_dataloader',
+                                        'test_dataloader')
+    for option in ('num_workers=0', 'persistent_workers=False')
+]
+ONE_EPOCH = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+             'default_hooks.checkpoint.interval=1',
+             'train_dataloader.batch_size=4']
 SHORT = {
     # Score threshold 0: two steps from scratch score below the default, and
     # the metric must still be computed.
-    'retinanet': ['train_cfg.max_epochs=1', 'model.test_cfg.score_thr=0', 'train_cfg.val_interval=1',
-                  'default_hooks.checkpoint.interval=1',
-                  'train_dataloader.batch_size=4',
-                  'train_dataloader.num_workers=0',
-                  'train_dataloader.persistent_workers=False',
-                  'val_dataloader.num_workers=0',
-                  'val_dataloader.persistent_workers=False',
-                  'test_dataloader.num_workers=0',
-                  'test_dataloader.persistent_workers=False'],
-    'mask_rcnn': ['train_cfg.max_epochs=1',
-                  'model.test_cfg.rcnn.score_thr=0', 'train_cfg.val_interval=1',
-                  'default_hooks.checkpoint.interval=1',
-                  'train_dataloader.batch_size=4',
-                  'train_dataloader.num_workers=0',
-                  'train_dataloader.persistent_workers=False',
-                  'val_dataloader.num_workers=0',
-                  'val_dataloader.persistent_workers=False',
-                  'test_dataloader.num_workers=0',
-                  'test_dataloader.persistent_workers=False'],
+    'retinanet': ONE_EPOCH + ['model.test_cfg.score_thr=0'],
+    'mask_rcnn': ONE_EPOCH + ['model.test_cfg.rcnn.score_thr=0'],
     # Training keeps SyncBN of the real config's head: one CPU process
     # must run it (the runner reverts it to BatchNorm).
     'sem_fpn': ['train_cfg.max_iters=2', 'train_cfg.val_interval=2',
                 'default_hooks.checkpoint.interval=2',
-                'train_dataloader.batch_size=2',
-                'train_dataloader.num_workers=0',
-                'train_dataloader.persistent_workers=False',
-                'val_dataloader.num_workers=0',
-                'val_dataloader.persistent_workers=False',
-                'test_dataloader.num_workers=0',
-                'test_dataloader.persistent_workers=False'],
+                'train_dataloader.batch_size=2'],
 }
 METRIC = {'retinanet': 'coco/bbox_mAP', 'mask_rcnn': 'coco/segm_mAP',
           'sem_fpn': 'mIoU'}
@@ -191,7 +177,8 @@ def test_demo_config_trains_and_tests(model, demo_data, tmp_path):
         cfg = Config.fromfile(config)
         assert cfg.model.decode_head.norm_cfg.type == 'SyncBN'
     work_dir = tmp_path / 'work'
-    options = data_options(scope, demo_data) + SHORT[model]
+    options = data_options(scope, demo_data) + SHORT[model] + (
+        IN_PROCESS_LOADING)
     run_tool('train.py', config, '--work-dir', work_dir, '--cfg-options',
              *options)
     checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
