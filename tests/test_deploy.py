@@ -208,15 +208,23 @@ def test_pool_mixer_matches_avg_pool(pool_size, shape):
 
 
 @pytest.mark.parametrize('batch', [1, 3])
-def test_pointwise_conv_matches_conv(batch):
-    conv = nn.Conv2d(8, 16, 1)
+@pytest.mark.parametrize('bias', [True, False])
+def test_pointwise_conv_matches_conv(batch, bias):
+    conv = nn.Conv2d(8, 16, 1, bias=bias)
     x = torch.randn(batch, 8, 7, 5)
     with torch.no_grad():
         torch.testing.assert_close(
             fast_ops.pointwise_conv(conv, x), conv(x), rtol=1e-5, atol=1e-6)
-    # Training (autograd) runs the convolution itself.
-    out = fast_ops.pointwise_conv(conv, x.requires_grad_())
-    assert out.grad_fn is not None
+    # Training runs the GEMMs too, with their own backward.
+    grad = torch.randn(batch, 16, 7, 5)
+    params = [x.requires_grad_()] + list(conv.parameters())
+    out = fast_ops.pointwise_conv(conv, x)
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == (
+        '_PointwiseConvBackward')
+    grads = torch.autograd.grad(out, params, grad)
+    ref_grads = torch.autograd.grad(conv(x), params, grad)
+    for got, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_default_path_matches_plain_ops():

@@ -9,7 +9,8 @@ in one process with alternating repetitions (medians):
   backbone (default; with the CPU fast ops off, ``plain``; after
   ``switch_to_deploy()``; with ``with_cp``), and, as the floor, the
   backbone's 1x1 convolutions alone (and all its convolutions alone) with
-  the fastest kernels available (oneDNN with reordered weights on CPU);
+  the fastest kernels available (oneDNN with reordered weights on CPU;
+  in training their forward and backward GEMMs);
 - peak memory: on CUDA the allocator's peak above what was allocated before
   the step; on CPU the peak RSS above the RSS before the step, each variant
   in its own subprocess (``/proc/self/clear_refs`` resets the peak);
@@ -117,7 +118,12 @@ def parse_args(argv=None):
         '--profile',
         choices=BACKBONE_VARIANTS,
         help='print the torch profiler table of this variant\'s eval '
-        'forward (train step for with_cp)')
+        'forward (train step for with_cp, or with --profile-phase train)')
+    parser.add_argument(
+        '--profile-phase',
+        choices=('eval', 'train'),
+        help='which run --profile profiles; default: eval where the '
+        'variant has one')
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument('--_child', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -259,7 +265,7 @@ class Bench:
     @staticmethod
     def applies(name: str, phase: str) -> bool:
         """Whether variant ``name`` has a ``phase`` run."""
-        if name == 'deploy' or name.startswith('floor'):
+        if name == 'deploy':
             return phase == 'eval'
         if name == 'with_cp':
             return phase == 'train'
@@ -296,9 +302,9 @@ class Bench:
                 return None
             return self._train_fn(self.ours(with_cp=True), self.x)
         if name in ('floor_1x1', 'floor_convs'):
-            if phase != 'eval':
-                return None
-            return self.floor(only_1x1=name == 'floor_1x1')
+            only_1x1 = name == 'floor_1x1'
+            return (self.floor(only_1x1) if phase == 'eval' else
+                    self.train_floor(only_1x1))
         raise ValueError(name)
 
     def conv_inputs(self) -> List[Tuple[nn.Conv2d, torch.Size]]:
@@ -353,6 +359,51 @@ class Bench:
                             x, w, b, *args, 'none', [], None)
                     else:
                         F.conv2d(x, w, b, args[1], args[0], args[2], args[3])
+
+        return run
+
+
+    def train_floor(self, only_1x1: bool) -> Callable:
+        """Forward and backward of the backbone's convolutions alone, one
+        after another, on preallocated inputs and output gradients: 1x1
+        convolutions as the three GEMMs per image they are (``y = W x``,
+        ``dx = W^T dy``, ``dW = dy x^T``: MKL on CPU), the others as
+        convolution and ``convolution_backward``. The stem gets no input
+        gradient (the image needs none). No bias, norm, activation or
+        pooling."""
+        jobs = []
+        for index, (conv, shape) in enumerate(self.conv_inputs()):
+            pointwise = (conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+                         and conv.groups == 1)
+            if only_1x1 and not pointwise:
+                continue
+            weight = conv.weight.detach().to(self.dtype)
+            x = torch.randn(shape, device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                grad = torch.randn_like(
+                    F.conv2d(x, weight, None, conv.stride, conv.padding,
+                             conv.dilation, conv.groups))
+            jobs.append((pointwise, index > 0, x, weight, grad, conv))
+
+        def run():
+            with torch.no_grad():
+                for pointwise, input_grad, x, w, grad, conv in jobs:
+                    if pointwise:
+                        n, c = x.shape[:2]
+                        w2 = w.view(w.shape[0], c)
+                        rows = x.view(n, c, -1)
+                        grads = grad.view(n, w.shape[0], -1)
+                        for i in range(n):
+                            torch.mm(w2, rows[i])
+                            torch.mm(w2.t(), grads[i])
+                            torch.mm(grads[i], rows[i].t())
+                    else:
+                        F.conv2d(x, w, None, conv.stride, conv.padding,
+                                 conv.dilation, conv.groups)
+                        torch.ops.aten.convolution_backward(
+                            grad, x, w, None, list(conv.stride),
+                            list(conv.padding), list(conv.dilation), False,
+                            [0, 0], conv.groups, [input_grad, True, False])
 
         return run
 
@@ -552,10 +603,11 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
     base_e = ev.get('timm', {}).get('median_ms')
     base_t = tr.get('train_timm', {}).get('median_ms')
     floor = ev.get('floor_1x1', {}).get('median_ms')
+    train_floor = tr.get('train_floor_1x1', {}).get('median_ms')
     header = ('| variant | eval ms | eval cpu ms | vs timm | / floor | '
-              'train ms | train cpu ms | vs timm | eval peak MiB | '
+              'train ms | train cpu ms | vs timm | / floor | eval peak MiB | '
               'train peak MiB |')
-    lines += [header, '|' + ' --- |' * 10]
+    lines += [header, '|' + ' --- |' * 11]
     for name in BACKBONE_VARIANTS:
         e = ev.get(name, {}).get('median_ms')
         c = ev.get(name, {}).get('cpu_ms')
@@ -567,12 +619,14 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
         lines.append(
             f'| {LABELS[name]} | {fmt(e)} | {fmt(c)} | {ratio(base_e, e)} | '
             f'{fmt(e / floor, ".2f") if e is not None and floor else "-"} | '
-            f'{fmt(t)} | {fmt(tc)} | {ratio(base_t, t)} | {fmt(me)} | '
-            f'{fmt(mt)} |')
-    if floor is not None:
+            f'{fmt(t)} | {fmt(tc)} | {ratio(base_t, t)} | '
+            f'{fmt(t / train_floor, ".2f") if t and train_floor else "-"} | '
+            f'{fmt(me)} | {fmt(mt)} |')
+    if floor is not None or train_floor is not None:
         lines.append('(vs timm: timm default time / variant time, > 1 is '
                      'faster; / floor: variant time / time of the 1x1 '
-                     'convolutions alone)')
+                     'convolutions alone, forward for eval, forward and '
+                     'backward for train)')
     if deploy_cache is not None:
         lines.append('deploy caches (folded weights, and weights reordered '
                      f'for this shape): {deploy_cache / 2**20:.1f} MiB')
@@ -610,9 +664,10 @@ def check_deploy(bench: Bench) -> Optional[float]:
                 r.float().abs().max()).item() for r, o in zip(ref, out))
 
 
-def profile(bench: Bench, name: str) -> None:
-    phase = 'train' if name == 'with_cp' else 'eval'
-    fn = bench.make(name, phase)
+def profile(bench: Bench, name: str, phase: Optional[str] = None) -> None:
+    if phase is None:
+        phase = 'eval' if bench.applies(name, 'eval') else 'train'
+    fn = bench.make(name, phase) if bench.applies(name, phase) else None
     if fn is None:
         raise SystemExit(f'--profile: {name} has no {phase} run')
     for _ in range(2):
@@ -638,7 +693,7 @@ def main(argv=None) -> dict:
     info['load_before'] = load_before
     bench = Bench(args)
     if args.profile:
-        profile(bench, args.profile)
+        profile(bench, args.profile, args.profile_phase)
         return {}
     results: Dict[str, dict] = {}
     memory: Dict[Tuple[str, str], Optional[float]] = {}
