@@ -190,7 +190,7 @@ def autocast(device: str, dtype: torch.dtype):
 def resolve_arch(arch: str) -> Tuple[Callable[..., nn.Module], str]:
     """Our backbone class for ``arch`` and timm's model name."""
     from poolformer_mm import PoolFormer
-    if arch.lower() in PoolFormer.arch_settings:
+    if is_poolformer_v1(arch):
         return (lambda **kw: PoolFormer(arch, **kw)), f'poolformer_{arch}'
     try:
         from poolformer_mm import MetaFormer
@@ -199,6 +199,20 @@ def resolve_arch(arch: str) -> Tuple[Callable[..., nn.Module], str]:
     if MetaFormer is not None and arch.lower() in MetaFormer.arch_settings:
         return (lambda **kw: MetaFormer(arch, **kw)), arch.lower()
     raise SystemExit(f'Unknown arch {arch!r}')
+
+
+def is_poolformer_v1(arch: str) -> bool:
+    from poolformer_mm import PoolFormer
+    return arch.lower() in PoolFormer.arch_settings
+
+
+def label(name: str, arch: str) -> str:
+    """The row label of variant ``name``: the labels say PoolFormer, other
+    MetaFormer archs go by their own name."""
+    text = LABELS[name]
+    if is_poolformer_v1(arch):
+        return text
+    return text.replace('PoolFormer', f'MetaFormer {arch.lower()}')
 
 
 def timm_model(name: str) -> Optional[nn.Module]:
@@ -539,8 +553,11 @@ def detector_fns(args) -> Dict[str, Callable]:
 
     import poolformer_mm  # noqa: F401  (registers the backbones)
     register_all_modules(init_default_scope=True)
-    ours_cfg = osp.join(ROOT, 'configs',
-                        f'retinanet_poolformer_{args.arch}.py')
+    # configs/retinanet_poolformer_s12.py, configs/retinanet_convformer_s18.py
+    arch = args.arch.lower()
+    ours_cfg = osp.join(
+        ROOT, 'configs', f'retinanet_poolformer_{arch}.py'
+        if is_poolformer_v1(arch) else f'retinanet_{arch}.py')
     if not osp.isfile(ours_cfg):
         raise SystemExit(f'--detector: no config {ours_cfg}')
     models = {}
@@ -554,6 +571,8 @@ def detector_fns(args) -> Dict[str, Callable]:
         torch.manual_seed(0)
         model = MODELS.build(cfg.model).to(args.device).eval()
         if name == 'det_deploy':
+            if not hasattr(model.backbone, 'switch_to_deploy'):
+                continue
             model.backbone.switch_to_deploy()
         models[name] = model
     h, w = args.detector_size
@@ -617,7 +636,8 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
         if all(v is None for v in (e, t, me, mt)):
             continue
         lines.append(
-            f'| {LABELS[name]} | {fmt(e)} | {fmt(c)} | {ratio(base_e, e)} | '
+            f'| {label(name, args.arch)} | {fmt(e)} | {fmt(c)} | '
+            f'{ratio(base_e, e)} | '
             f'{fmt(e / floor, ".2f") if e is not None and floor else "-"} | '
             f'{fmt(t)} | {fmt(tc)} | {ratio(base_t, t)} | '
             f'{fmt(t / train_floor, ".2f") if t and train_floor else "-"} | '
@@ -644,7 +664,8 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
         for name in ('r50', 'det_ours', 'det_deploy'):
             if name in det:
                 d = det[name]
-                lines.append(f'| {LABELS[name]} | {fmt(d["median_ms"])} | '
+                lines.append(f'| {label(name, args.arch)} | '
+                             f'{fmt(d["median_ms"])} | '
                              f'{fmt(d["cpu_ms"])} | '
                              f'{ratio(base, d["median_ms"])} |')
     return '\n'.join(lines)
@@ -678,7 +699,7 @@ def profile(bench: Bench, name: str, phase: Optional[str] = None) -> None:
         sync(bench.device)
     sort = ('self_cuda_time_total'
             if bench.device.startswith('cuda') else 'self_cpu_time_total')
-    print(f'# profile of {LABELS[name]} ({phase}, 3 calls)')
+    print(f'# profile of {label(name, bench.args.arch)} ({phase}, 3 calls)')
     print(prof.key_averages().table(sort_by=sort, row_limit=20))
 
 

@@ -1,0 +1,66 @@
+"""tools/benchmark.py runs every variant and reports what it measured.
+
+A few repetitions at a tiny size: this checks that the tool works and what
+its table holds, never the timings (those are the benchmark's own output).
+"""
+import importlib.util
+import os.path as osp
+
+import pytest
+from conftest import ROOT
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark', osp.join(ROOT, 'tools', 'benchmark.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+QUICK = ['--size', '64', '64', '--threads', '1', '--reps', '1', '--warmup',
+         '0', '--no-memory']
+
+
+def test_backbone_variants_and_floors(tmp_path):
+    pytest.importorskip('timm')
+    benchmark = load_benchmark()
+    out = benchmark.main(['--arch', 's12', *QUICK, '--json',
+                          str(tmp_path / 'result.json')])
+    eval_names = set(out['results']['eval'])
+    train_names = set(out['results']['train'])
+    assert {'timm', 'timm_cl', 'ours', 'ours_plain', 'deploy', 'floor_1x1',
+            'floor_convs'} <= eval_names
+    assert {'train_timm', 'train_ours', 'train_with_cp',
+            'train_floor_1x1', 'train_floor_convs'} <= train_names
+    assert 'train_deploy' not in train_names
+    for phase in out['results'].values():
+        for timing in phase.values():
+            assert timing['median_ms'] > 0
+    table = out['table']
+    assert '| PoolFormer, switch_to_deploy() |' in table
+    # The train floor is a column of its own: every row has 11 cells.
+    rows = [line for line in table.splitlines() if line.startswith('| ')]
+    assert all(row.count('|') == 12 for row in rows), rows
+    assert osp.isfile(tmp_path / 'result.json')
+
+
+def test_metaformer_rows_go_by_their_arch():
+    benchmark = load_benchmark()
+    out = benchmark.main(['--arch', 'convformer_s18', *QUICK, '--variants',
+                          'ours', 'deploy', 'floor_1x1', '--no-train'])
+    assert '| MetaFormer convformer_s18 (default) |' in out['table']
+    assert 'PoolFormer' not in out['table']
+    # No switch_to_deploy for the MetaFormer family: no deploy row.
+    assert 'deploy' not in out['results']['eval']
+
+
+def test_profile_train_step(capsys):
+    benchmark = load_benchmark()
+    benchmark.main(['--arch', 's12', *QUICK, '--profile', 'ours',
+                    '--profile-phase', 'train'])
+    assert '# profile of PoolFormer (default) (train, 3 calls)' in (
+        capsys.readouterr().out)
+    with pytest.raises(SystemExit, match='no train run'):
+        benchmark.main(['--arch', 's12', *QUICK, '--profile', 'deploy',
+                        '--profile-phase', 'train'])
