@@ -194,9 +194,13 @@ def test_switch_model_to_deploy():
 @pytest.mark.parametrize('pool_size', [3, 5, 7])
 @pytest.mark.parametrize('shape', [(2, 8, 9, 13), (1, 4, 1, 6), (1, 4, 5, 1),
                                    (1, 3, 2, 2)])
-def test_pool_mixer_matches_avg_pool(pool_size, shape):
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_pool_mixer_matches_avg_pool(pool_size, shape, channels_last):
     pool = nn.AvgPool2d(pool_size, 1, pool_size // 2, count_include_pad=False)
-    x = torch.randn(shape, requires_grad=True)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     grad = torch.randn(shape)
     out = fast_ops.pool_mixer(pool, x)
     (gx, ) = torch.autograd.grad(out, x, grad)
@@ -207,24 +211,18 @@ def test_pool_mixer_matches_avg_pool(pool_size, shape):
     torch.testing.assert_close(gx, g_ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('batch', [1, 3])
-@pytest.mark.parametrize('bias', [True, False])
-def test_pointwise_conv_matches_conv(batch, bias):
-    conv = nn.Conv2d(8, 16, 1, bias=bias)
-    x = torch.randn(batch, 8, 7, 5)
+def test_default_path_runs_channels_last_on_cpu():
+    model = PoolFormer('s12').eval()
+    x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
-        torch.testing.assert_close(
-            fast_ops.pointwise_conv(conv, x), conv(x), rtol=1e-5, atol=1e-6)
-    # Training runs the GEMMs too, with their own backward.
-    grad = torch.randn(batch, 16, 7, 5)
-    params = [x.requires_grad_()] + list(conv.parameters())
-    out = fast_ops.pointwise_conv(conv, x)
-    assert type(out.grad_fn.next_functions[0][0]).__name__ == (
-        '_PointwiseConvBackward')
-    grads = torch.autograd.grad(out, params, grad)
-    ref_grads = torch.autograd.grad(conv(x), params, grad)
-    for got, ref in zip(grads, ref_grads):
-        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        outs = model(x)
+        assert all(
+            o.is_contiguous(memory_format=torch.channels_last) for o in outs)
+        with fast_ops.plain_ops():
+            assert all(o.is_contiguous() for o in model(x))
+        # Mixed precision keeps the layout it was given.
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert all(o.is_contiguous() for o in model(x))
 
 
 def test_default_path_matches_plain_ops():

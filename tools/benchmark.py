@@ -51,14 +51,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-BACKBONE_VARIANTS = ('timm', 'timm_cl', 'ours', 'ours_plain', 'ours_cl',
+BACKBONE_VARIANTS = ('timm', 'timm_cl', 'ours', 'ours_plain',
                      'deploy', 'with_cp', 'floor_1x1', 'floor_convs')
 LABELS = {
     'timm': 'timm forward_intermediates',
     'timm_cl': 'timm, channels_last',
     'ours': 'PoolFormer (default)',
     'ours_plain': 'PoolFormer, plain PyTorch ops',
-    'ours_cl': 'PoolFormer, channels_last input',
     'deploy': 'PoolFormer, switch_to_deploy()',
     'with_cp': 'PoolFormer, with_cp=True',
     'floor_1x1': 'floor: its 1x1 convs alone',
@@ -299,12 +298,11 @@ class Bench:
                 x = self.x_cl
             fn = self._eval_fn if phase == 'eval' else self._train_fn
             return fn(model, x, timm_api=True)
-        if name in ('ours', 'ours_plain', 'ours_cl'):
+        if name in ('ours', 'ours_plain'):
             from poolformer_mm.models.backbones.fast_ops import plain_ops
             context = plain_ops if name == 'ours_plain' else None
-            x = self.x_cl if name == 'ours_cl' else self.x
             fn = self._eval_fn if phase == 'eval' else self._train_fn
-            return fn(self.ours(), x, context=context)
+            return fn(self.ours(), self.x, context=context)
         if name == 'deploy':
             model = self.ours()
             if phase != 'eval' or not hasattr(model, 'switch_to_deploy'):

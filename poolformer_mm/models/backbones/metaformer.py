@@ -42,7 +42,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import load_pretrained
 from ...registry import register_backbone
-from .fast_ops import pointwise_conv, pool_mixer
+from .fast_ops import pool_mixer, use_channels_last
 
 # Original ImageNet-1k weights of sail-sg/metaformer, used by the configs'
 # ``init_cfg``; ``{family}`` is the arch name up to the underscore.
@@ -551,10 +551,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop_rate)
 
     def forward(self, x: Tensor) -> Tensor:
-        # On CPU a 1x1 conv of NCHW maps runs as one GEMM per image
-        # (fast_ops.pointwise_conv); linear layers run as they are.
-        x = self.drop(self.act(pointwise_conv(self.fc1, x)))
-        return self.drop(pointwise_conv(self.fc2, x))
+        x = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(x))
 
 
 # The former name of the NCHW MLP and of the layer scale.
@@ -954,9 +952,12 @@ class BaseMetaFormer(BaseModule):
 
         Returns:
             tuple[Tensor]: One map per entry of ``out_indices``, at stride
-            4, 8, 16 or 32 of the input.
+            4, 8, 16 or 32 of the input; in channels_last memory format on
+            CPU in float32 (see :func:`.fast_ops.use_channels_last`).
         """
         self._check_input(x)
+        if use_channels_last(x):
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         outs = []
         last = max(self.out_indices)
