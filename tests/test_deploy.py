@@ -62,8 +62,8 @@ def test_deploy_matches_default(arch, size, batch):
     for out in outs:
         assert [o.shape for o in out] == [r.shape for r in ref]
         assert rel_err(ref, out) < RTOL
-    assert all(
-        o.is_contiguous(memory_format=torch.channels_last) for o in outs[0])
+    # NCHW out, as the default path (see the layout test below).
+    assert all(o.is_contiguous() for o in outs[0])
 
 
 def test_deploy_generic_kernels(monkeypatch):
@@ -211,18 +211,36 @@ def test_pool_mixer_matches_avg_pool(pool_size, shape, channels_last):
     torch.testing.assert_close(gx, g_ref, rtol=1e-5, atol=1e-6)
 
 
-def test_default_path_runs_channels_last_on_cpu():
+def test_channels_last_inside_contiguous_outside():
+    """The CPU float32 path runs channels_last, but every path hands out
+    contiguous NCHW maps: mmcv's RoIAlign reads channels_last input wrongly
+    (checked here too), which silently broke the RoI heads of Mask R-CNN."""
+    pytest.importorskip('mmcv.ops')
+    from mmcv.ops import roi_align
     model = PoolFormer('s12').eval()
+    layouts = []
+    model.stem.register_forward_pre_hook(
+        lambda m, inp: layouts.append(
+            inp[0].is_contiguous(memory_format=torch.channels_last)))
     x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
         outs = model(x)
-        assert all(
-            o.is_contiguous(memory_format=torch.channels_last) for o in outs)
+        assert layouts == [True]
+        assert all(o.is_contiguous() for o in outs)
         with fast_ops.plain_ops():
-            assert all(o.is_contiguous() for o in model(x))
-        # Mixed precision keeps the layout it was given.
+            ref = model(x)
+        assert layouts == [True, False]
+        assert rel_err(ref, outs) < 1e-5
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert all(o.is_contiguous() for o in model(x))
+        deployed = copy.deepcopy(model).switch_to_deploy()
+        assert all(o.is_contiguous() for o in deployed(x))
+        rois = torch.tensor([[0., 1., 2., 9., 7.]])
+        expected = roi_align(outs[0], rois, (3, 3), 1.0, 0, 'avg', True)
+        wrong = roi_align(
+            outs[0].contiguous(memory_format=torch.channels_last), rois,
+            (3, 3), 1.0, 0, 'avg', True)
+        assert not torch.allclose(expected, wrong)
 
 
 def test_default_path_matches_plain_ops():

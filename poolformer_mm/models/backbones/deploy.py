@@ -545,7 +545,8 @@ def deploy_forward(model: nn.Module, runner: DeployRunner,
     Uses the model's ``stem``, ``stages[i].downsample``,
     ``stages[i].blocks``, ``norm{i}`` and ``out_indices``; a stage of
     (N, L, C) tokens (``stage.channels_last``) runs through the model's own
-    ``_run_stage``. Outputs are in channels_last memory format.
+    ``_run_stage``. Outputs are contiguous NCHW tensors, as on the default
+    path.
 
     Raises:
         RuntimeError: ``x`` requires grad: the path computes no gradients.
@@ -570,5 +571,4 @@ def deploy_forward(model: nn.Module, runner: DeployRunner,
                     x = runner.block(block, x)
             if i in model.out_indices:
                 outs.append(getattr(model, f'norm{i}')(x))
-        order = sorted(model.out_indices)
-        return tuple(outs[order.index(i)] for i in model.out_indices)
+        return model._emit(outs)

@@ -951,9 +951,8 @@ class BaseMetaFormer(BaseModule):
             x (Tensor): Images of shape (N, in_channels, H, W).
 
         Returns:
-            tuple[Tensor]: One map per entry of ``out_indices``, at stride
-            4, 8, 16 or 32 of the input; in channels_last memory format on
-            CPU in float32 (see :func:`.fast_ops.use_channels_last`).
+            tuple[Tensor]: One contiguous (N, C, H, W) map per entry of
+            ``out_indices``, at stride 4, 8, 16 or 32 of the input.
         """
         self._check_input(x)
         if use_channels_last(x):
@@ -965,9 +964,17 @@ class BaseMetaFormer(BaseModule):
             x = self._run_stage(stage, x)
             if i in self.out_indices:
                 outs.append(getattr(self, f'norm{i}')(x))
-        # Keep the order the caller asked for in out_indices.
+        return self._emit(outs)
+
+    def _emit(self, outs: List[Tensor]) -> Tuple[Tensor, ...]:
+        """The stage outputs, collected in stage order, in the order of
+        ``out_indices`` and as contiguous NCHW tensors whatever layout the
+        stages ran in: mmcv's CPU ops (e.g. ``RoIAlign`` of the RoI heads)
+        index the memory of their input as NCHW without checking, and read
+        channels_last maps wrongly."""
         order = sorted(self.out_indices)
-        return tuple(outs[order.index(i)] for i in self.out_indices)
+        return tuple(outs[order.index(i)].contiguous()
+                     for i in self.out_indices)
 
 
 # Depths and widths: PoolFormer's sizes (PoolFormerV2, IdentityFormer,

@@ -162,7 +162,7 @@ class PoolFormer(BaseMetaFormer):
         and the pooling, activations stay channels_last and, on CPU, the
         convolutions run on oneDNN with the activation and the residual
         addition fused (see :mod:`.deploy`). Outputs equal the normal eval
-        path to about 1e-6 relative and are channels_last tensors.
+        path to about 1e-6 relative and are contiguous NCHW tensors.
 
         Parameters and state dict are unchanged: folding happens on the
         first forward and again whenever a parameter changes, so weights
