@@ -3,7 +3,9 @@
 # trained on a laptop CPU. Only what the demo needs differs from
 # ../mask_rcnn_poolformer_s12.py: the data, the image scale, a short schedule,
 # fewer sampled RoIs / proposals (a scene holds at most four shapes, and the
-# RoI heads dominate a CPU step) and, offline, no ImageNet weights. Give local
+# RoI heads dominate a CPU step), what training from scratch needs (GroupNorm
+# in the FPN and the mask head, layer scales starting at 1) and, offline, no
+# ImageNet weights. Give local
 # weights with
 #   --cfg-options model.backbone.init_cfg.type=Pretrained \
 #       model.backbone.init_cfg.checkpoint=/path/to/poolformer_s12.pth.tar
@@ -14,6 +16,7 @@ metainfo = dict(
     classes=('circle', 'square', 'triangle', 'star'),
     palette=[(220, 20, 60), (0, 130, 230), (250, 170, 30), (120, 60, 220)])
 image_scale = (160, 160)
+norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
 max_epochs = 4
 
 model = dict(
@@ -31,11 +34,19 @@ model = dict(
             layer_scale_init_value=1.0),
         # Trained from scratch: no download, so the demo runs offline.
         init_cfg=None),
+    # GroupNorm in the FPN and the mask head's convolutions, as MMDetection's
+    # gn-all recipe for detectors trained from scratch (He et al.,
+    # Rethinking ImageNet Pre-training); the RetinaNet demo measured 0.460
+    # bbox mAP with GN in its head against 0.236 without.
+    neck=dict(norm_cfg=norm_cfg),
     roi_head=dict(
-        bbox_head=dict(num_classes=4), mask_head=dict(num_classes=4)),
+        bbox_head=dict(num_classes=4),
+        mask_head=dict(num_classes=4, norm_cfg=norm_cfg)),
+    # Fewer proposals and sampled RoIs than on COCO: at most four shapes per
+    # image, and the mask head's cost grows with the positive RoIs.
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=200),
         rcnn=dict(max_per_img=20)))

@@ -3,7 +3,9 @@
 # ADE20K layout (label 0 unlabelled and ignored, 1 background, 2-5 shapes),
 # trained on a laptop CPU. Only what the demo needs differs from
 # ../sem_fpn_poolformer_s12.py: the data and classes, the image scale, a short
-# schedule and, offline, no ImageNet weights. Give local weights with
+# schedule, hard-pixel mining for the background-heavy labels, layer scales
+# starting at 1 for training from scratch and, offline, no ImageNet weights.
+# Give local weights with
 #   --cfg-options model.backbone.init_cfg.type=Pretrained \
 #       model.backbone.init_cfg.checkpoint=/path/to/poolformer_s12.pth.tar
 _base_ = ['../sem_fpn_poolformer_s12.py']
@@ -33,7 +35,14 @@ model = dict(
             layer_scale_init_value=1.0),
         # Trained from scratch: no download, so the demo runs offline.
         init_cfg=None),
-    decode_head=dict(num_classes=5))
+    # Shapes cover 14% of the pixels (background 86%, circles 5.7%, squares
+    # 3.6%, triangles 2.4%, stars 2.4% of the training labels): online hard
+    # example mining keeps the many easy background pixels from drowning the
+    # shapes' gradient. (The loss's class_weight would be the other remedy,
+    # but mmseg 1.2.2 indexes it with the ignore label of padded pixels.)
+    decode_head=dict(
+        num_classes=5,
+        sampler=dict(type='OHEMPixelSampler', thresh=0.7, min_kept=10000)))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
