@@ -211,6 +211,18 @@ def test_pool_mixer_matches_avg_pool(pool_size, shape, channels_last):
     torch.testing.assert_close(gx, g_ref, rtol=1e-5, atol=1e-6)
 
 
+def test_deploy_under_inference_mode_then_no_grad():
+    # The scratch tensors are shared between calls (and models): ones made
+    # under inference_mode must not be written outside it.
+    model = PoolFormer('s12').eval().switch_to_deploy()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x)
+    with torch.no_grad():
+        out = model(x)
+    assert rel_err(ref, out) == 0
+
+
 def test_channels_last_inside_contiguous_outside():
     """The CPU float32 path runs channels_last, but every path hands out
     contiguous NCHW maps: mmcv's RoIAlign reads channels_last input wrongly

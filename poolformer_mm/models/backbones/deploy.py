@@ -265,7 +265,10 @@ class _Workspace(threading.local):
         self.tensors: Dict[Tuple, Tensor] = {}
 
     def get(self, name: str, like: Tensor) -> Tensor:
-        key = (name, tuple(like.shape), like.dtype, like.device)
+        # A tensor made under torch.inference_mode() cannot be written in
+        # place outside it: one set per mode.
+        key = (name, tuple(like.shape), like.dtype, like.device,
+               torch.is_inference_mode_enabled())
         t = self.tensors.get(key)
         if t is None:
             if len(self.tensors) >= 32:
