@@ -5,8 +5,9 @@ float32 rounding (about 1e-7 relative):
 
 - :func:`use_channels_last`: on CPU in float32 the backbone runs its maps in
   channels_last memory format (NHWC in memory; the outputs are made
-  contiguous again for the necks and mmcv's ops), where oneDNN runs the convolutions without reordering
-  their inputs and outputs from and to NCHW at every call. Measured on 2
+  contiguous again for the necks and mmcv's ops), where oneDNN runs the
+  convolutions without reordering their inputs and outputs from and to
+  NCHW at every call. Measured on 2
   threads, S12 at 512x512: eval forward 188 -> 153 ms, train step 428 ->
   392 ms against NCHW with the 1x1 convolutions as MKL GEMMs (the faster
   of the NCHW options).
