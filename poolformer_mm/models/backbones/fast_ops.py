@@ -7,10 +7,9 @@ float32 rounding (about 1e-7 relative):
   channels_last memory format (NHWC in memory; the outputs are made
   contiguous again for the necks and mmcv's ops), where oneDNN runs the
   convolutions without reordering their inputs and outputs from and to
-  NCHW at every call. Measured on 2
-  threads, S12 at 512x512: eval forward 188 -> 153 ms, train step 428 ->
-  392 ms against NCHW with the 1x1 convolutions as MKL GEMMs (the faster
-  of the NCHW options).
+  NCHW at every call. Measured on 2 threads, S12 at 512x512: eval forward
+  188 -> 153 ms, train step 428 -> 392 ms against NCHW with the 1x1
+  convolutions as MKL GEMMs (the faster of the NCHW options).
 - :func:`pool_mixer`, PoolFormer's ``avg_pool(x) - x`` with
   ``count_include_pad=False``: PyTorch's CPU ``avg_pool2d`` walks every
   window with a per-element divisor and is, with its backward, several
