@@ -3,7 +3,8 @@
 # ADE20K layout (label 0 unlabelled and ignored, 1 background, 2-5 shapes),
 # trained on a laptop CPU. Only what the demo needs differs from
 # ../sem_fpn_poolformer_s12.py: the data and classes, the image scale, a short
-# schedule, hard-pixel mining for the background-heavy labels, layer scales
+# schedule, hard-pixel mining, class weights and a Lovasz loss for the
+# background-heavy, unevenly shared labels, images only scaled up, layer scales
 # starting at 1 for training from scratch and, offline, no ImageNet weights.
 # Give local weights with
 #   --cfg-options model.backbone.init_cfg.type=Pretrained \
@@ -38,16 +39,34 @@ model = dict(
     # Shapes cover 14% of the pixels (background 86%, circles 5.7%, squares
     # 3.6%, triangles 2.4%, stars 2.4% of the training labels): online hard
     # example mining keeps the many easy background pixels from drowning the
-    # shapes' gradient. (The loss's class_weight would be the other remedy,
-    # but mmseg 1.2.2 indexes it with the ignore label of padded pixels.)
+    # shapes' gradient, and class weights in inverse proportion to the
+    # shapes' pixel shares (relative to circles) keep the largest shape from
+    # taking the others' pixels (with mining alone, squares were taken for
+    # circles on the training images too). The Lovasz-softmax loss next to
+    # the cross-entropy optimises the per-class IoU that mIoU averages.
+    # Measured alone, 2400 steps: mIoU 0.482 with the class weights, 0.466
+    # with the Lovasz loss, 0.383 with neither.
     decode_head=dict(
         num_classes=5,
-        sampler=dict(type='OHEMPixelSampler', thresh=0.7, min_kept=10000)))
+        sampler=dict(type='OHEMPixelSampler', thresh=0.7, min_kept=10000),
+        loss_decode=[
+            dict(
+                type='CrossEntropyLoss',
+                use_sigmoid=False,
+                loss_weight=1.0,
+                class_weight=[1.0, 1.0, 1.6, 2.4, 2.4]),
+            dict(type='LovaszLoss', reduction='none', loss_weight=1.0)
+        ]))
+
+# mmseg 1.2.2's cross-entropy with class weights indexes the weights with
+# every label, the ignore label 255 included, and fails. The demo data has no
+# unlabelled pixels (0, which becomes 255), and images are only scaled up here
+# (RandomResize ratio from 1.0), so that the crop never needs padding.
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=image_scale, ratio_range=(0.75, 1.5),
+    dict(type='RandomResize', scale=image_scale, ratio_range=(1.0, 1.5),
          keep_ratio=True),
     dict(type='RandomCrop', crop_size=image_scale, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
