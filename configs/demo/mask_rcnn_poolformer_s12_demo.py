@@ -5,7 +5,7 @@
 # fewer sampled RoIs / proposals and lighter RoI heads (a scene holds at most
 # four shapes, and the RoI heads dominate a CPU step), RoI levels for the
 # image scale, what training from scratch needs (GroupNorm in the FPN and the
-# mask head, layer scales starting at 1) and, offline, no ImageNet weights.
+# RoI heads, layer scales starting at 1) and, offline, no ImageNet weights.
 # Give local weights with
 #   --cfg-options model.backbone.init_cfg.type=Pretrained \
 #       model.backbone.init_cfg.checkpoint=/path/to/poolformer_s12.pth.tar
