@@ -69,7 +69,7 @@ def test_deploy_matches_default(arch, size, batch):
 def test_deploy_generic_kernels(monkeypatch):
     """The path used off CPU (CUDA, other dtypes), forced on CPU."""
     model, deployed = pair('s12')
-    monkeypatch.setattr(deploy, '_ONEDNN', False)
+    monkeypatch.setattr(fast_ops, '_ONEDNN', False)
     x = torch.randn(2, 3, 67, 93)
     with torch.no_grad():
         assert rel_err(model(x), deployed(x)) < RTOL
@@ -77,13 +77,13 @@ def test_deploy_generic_kernels(monkeypatch):
 
 def test_deploy_two_pass_statistics(monkeypatch):
     """A mean far above the spread takes the two-pass variance."""
-    monkeypatch.setattr(deploy, '_ONE_PASS_MAX_RATIO', 0.)
+    monkeypatch.setattr(fast_ops, '_ONE_PASS_MAX_RATIO', 0.)
     model, deployed = pair('s12')
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert rel_err(model(x), deployed(x)) < RTOL
     x = torch.randn(2, 8, 5, 7) * 0.01 + 1000.
-    mean, rstd = deploy.mean_rstd(x, 1e-5)
+    mean, rstd = fast_ops.mean_rstd(x, 1e-5)
     ref_var, ref_mean = torch.var_mean(
         x.double().flatten(1), dim=1, correction=0)
     torch.testing.assert_close(
@@ -209,6 +209,130 @@ def test_pool_mixer_matches_avg_pool(pool_size, shape, channels_last):
     (g_ref, ) = torch.autograd.grad(ref, x_ref, grad)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gx, g_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('affine,layer_scale',
+                         [(True, True), (True, False), (False, True),
+                          (False, False)])
+@pytest.mark.parametrize('pool_size', [3, 5])
+def test_pool_norm_residual_gradcheck(affine, layer_scale, pool_size):
+    """The hand-written backward of ``x + ls * (pool(gn(x)) - gn(x))``
+    against finite differences (float64: the separable window sums)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    weight = bias = scale = None
+    if affine:
+        weight = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+        bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    if layer_scale:
+        scale = (torch.rand(3, dtype=torch.float64) + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda *args: fast_ops._PoolNormResidual.apply(*args, pool_size, 1e-5),
+        (x, weight, bias, scale))
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_pool_norm_residual_matches_modules(channels_last):
+    """float32 (oneDNN window sums for channels_last) against GroupNorm,
+    AvgPool2d and the layer scale as modules, forward and gradients."""
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(1, 16)
+    pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    scale = (torch.rand(16) + 0.1).requires_grad_()
+    x = torch.randn(2, 16, 11, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 16, 11, 9)
+    params = [norm.weight, norm.bias, scale]
+    results = []
+    for fused in (True, False):
+        inp = x.detach().clone().requires_grad_()
+        if fused:
+            out = fast_ops.pool_norm_residual(inp, pool, norm, scale)
+            assert out is not None
+        else:
+            y = norm(inp)
+            out = inp + scale.view(-1, 1, 1) * (pool(y) - y)
+        results.append([out] + list(
+            torch.autograd.grad(out, [inp] + params, grad)))
+    fused, ref = results
+    assert fused[0].is_contiguous(
+        memory_format=torch.channels_last) == channels_last
+    for name, a, b in zip(['out', 'x', 'weight', 'bias', 'scale'], fused, ref):
+        # norm.bias cancels: its gradient is zero, up to rounding in ref.
+        atol = 1e-5 * b.abs().max().item() if name != 'bias' else 1e-4
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol, msg=name)
+    assert not fused[3].any()
+
+
+@pytest.mark.parametrize('approximate', ['none', 'tanh'])
+@pytest.mark.parametrize('bias', [True, False])
+def test_pointwise_mlp_matches_modules(approximate, bias):
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Conv2d(8, 32, 1, bias=bias), nn.Conv2d(32, 8, 1, bias=bias)
+    act = nn.GELU(approximate)
+    x = torch.randn(2, 8, 7, 5).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 8, 7, 5)
+    params = list(fc1.parameters()) + list(fc2.parameters())
+    results = []
+    for fused in (True, False):
+        inp = x.detach().clone().requires_grad_()
+        out = (fast_ops.pointwise_mlp(fc1, act, fc2, inp)
+               if fused else fc2(act(fc1(inp))))
+        results.append([out] + list(
+            torch.autograd.grad(out, [inp] + params, grad)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # Frozen weights and an input without grad, as in frozen stages.
+    fc1.requires_grad_(False)
+    inp = x.detach().clone()
+    out = fast_ops.pointwise_mlp(fc1, act, fc2, inp)
+    out.backward(grad)
+    assert fc1.weight.grad is None and fc2.weight.grad is not None
+
+
+def test_pointwise_mlp_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    args = (x, torch.randn(6, 3, 1, 1, dtype=torch.float64),
+            torch.randn(6, dtype=torch.float64),
+            torch.randn(3, 6, 1, 1, dtype=torch.float64),
+            torch.randn(3, dtype=torch.float64))
+    args = tuple(a.requires_grad_() for a in args)
+    assert torch.autograd.gradcheck(
+        lambda *a: fast_ops._PointwiseMlp.apply(*a, 'none'), args)
+
+
+def test_fused_block_paths_apply_only_where_exact():
+    """Where the fused operations would compute something else (stochastic
+    depth or dropout in training, other dtypes, plain_ops), the modules
+    run."""
+    from poolformer_mm.models.backbones.metaformer import MetaFormerBlock
+    block = PoolFormer('s12', drop_path_rate=0.5).stages[3].blocks[1]
+    assert isinstance(block, MetaFormerBlock)
+    x = torch.randn(1, 512, 4, 4).contiguous(
+        memory_format=torch.channels_last)
+    block.eval()
+    assert block._fused_token_mixing(x) is not None
+    block.train()
+    assert block._fused_token_mixing(x) is None
+    block = PoolFormer('s12').stages[0].blocks[0].train()
+    x = torch.randn(1, 64, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert block._fused_token_mixing(x) is not None
+    assert block._fused_token_mixing(x.double()) is None
+    with fast_ops.plain_ops():
+        assert block._fused_token_mixing(x) is None
+        assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
+                                      block.mlp.fc2, x) is None
+    assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
+                                  block.mlp.fc2, x) is not None
+    with torch.no_grad():
+        assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
+                                      block.mlp.fc2, x) is None
 
 
 def test_deploy_under_inference_mode_then_no_grad():

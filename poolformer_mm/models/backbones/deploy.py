@@ -42,7 +42,6 @@ names (``norm1``, ``token_mixer.pool``, ``norm2``, ``mlp.fc1``, ``mlp.act``,
 ``mlp.fc2``, ``layer_scale{1,2}.scale``, ``res_scale{1,2}.scale``); any
 other block runs its own ``forward``.
 """
-import math
 import threading
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -52,7 +51,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fast_ops import box_sum, inv_count
+from .fast_ops import (box_sum, inv_count, is_pointwise_conv, mean_rstd,
+                       pool_window, use_onednn, window_sum)
 
 __all__ = [
     'can_fold', 'fold_block', 'FoldedBlock', 'folded_block_forward',
@@ -68,31 +68,12 @@ def _is_group_norm1(norm: nn.Module) -> bool:
     return isinstance(norm, nn.GroupNorm) and norm.num_groups == 1
 
 
-def _square(value) -> Optional[int]:
-    if isinstance(value, int):
-        return value
-    return value[0] if value[0] == value[1] else None
-
-
 def _pool_size(mixer: nn.Module) -> Optional[int]:
     """Window of a PoolFormer ``Pooling`` mixer (``pool(x) - x`` with a
     stride-1, same-size, padding-excluded average), None for other mixers."""
-    pool = getattr(mixer, 'pool', None)
-    if type(mixer).__name__ != 'Pooling' or type(pool) is not nn.AvgPool2d:
+    if type(mixer).__name__ != 'Pooling':
         return None
-    k, s, p = (_square(pool.kernel_size), _square(pool.stride),
-               _square(pool.padding))
-    if (k is None or k % 2 == 0 or s != 1 or p != k // 2
-            or pool.count_include_pad or pool.ceil_mode
-            or pool.divisor_override is not None):
-        return None
-    return k
-
-
-def _is_pointwise_conv(conv: Optional[nn.Module]) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1)
-            and conv.stride == (1, 1) and conv.groups == 1
-            and conv.padding in ((0, 0), 0) and conv.dilation == (1, 1))
+    return pool_window(getattr(mixer, 'pool', None))
 
 
 def _is_scale(module: nn.Module) -> bool:
@@ -116,8 +97,8 @@ def can_fold(block: nn.Module) -> bool:
     mlp = block.mlp
     if not (_is_group_norm1(block.norm1) and _is_group_norm1(block.norm2)
             and _pool_size(block.token_mixer) is not None
-            and _is_pointwise_conv(getattr(mlp, 'fc1', None))
-            and _is_pointwise_conv(getattr(mlp, 'fc2', None))
+            and is_pointwise_conv(getattr(mlp, 'fc1', None))
+            and is_pointwise_conv(getattr(mlp, 'fc2', None))
             and isinstance(getattr(mlp, 'act', None), nn.Module)):
         return False
     return all(
@@ -214,49 +195,6 @@ def fold_block(block: nn.Module) -> FoldedBlock:
         fc2_bias=(c2 * ls2).to(dtype))
 
 
-# The one-pass variance E[x^2] - E[x]^2 loses about float32 eps times
-# E[x^2] / var of relative precision; above this ratio (a mean of more than
-# about 10 standard deviations) the two-pass formula is used.
-_ONE_PASS_MAX_RATIO = 100.
-
-
-def mean_rstd(x: Tensor, eps: float,
-              out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """Mean and ``1 / sqrt(var + eps)`` over (C, H, W) of each sample, as
-    GroupNorm(1) computes them, each of shape (N, 1, 1, 1).
-
-    On CPU (float32 / float64) both come from one pass (sum and norm of
-    ``x``) unless the mean is large against the standard deviation; then,
-    and elsewhere, the variance is taken of the centred values (two
-    passes), in float32 at least. ``out``, a tensor like ``x``, may be
-    used as scratch space.
-    """
-    n = x[0].numel()
-    dims = (1, 2, 3)
-    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64):
-        # Two reductions, then a few numbers in float64 on the host.
-        means, rstds = [], []
-        for total, norm in zip(x.sum(dim=dims).tolist(),
-                               torch.linalg.vector_norm(x, dim=dims).tolist()):
-            mean, meansq = total / n, norm * norm / n
-            var = meansq - mean * mean
-            if not var * _ONE_PASS_MAX_RATIO > meansq:
-                break
-            means.append(mean)
-            rstds.append(1. / math.sqrt(var + eps))
-        else:
-            shape = (len(means), 1, 1, 1)
-            return (torch.tensor(means, dtype=x.dtype).view(shape),
-                    torch.tensor(rstds, dtype=x.dtype).view(shape))
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-        out = None
-    mean = x.sum(dim=dims, keepdim=True).div_(n)
-    centred = x - mean if out is None else torch.sub(x, mean, out=out)
-    norm = torch.linalg.vector_norm(centred, dim=dims, keepdim=True)
-    return mean, norm.square_().div_(n).add_(eps).rsqrt_()
-
-
 class _Workspace(threading.local):
     """Scratch tensors of the fast path, one set per thread, reused from
     call to call (fresh large allocations cost page faults on CPU)."""
@@ -279,27 +217,6 @@ class _Workspace(threading.local):
 
 
 _WORKSPACE = _Workspace()
-
-
-def _onednn_ops_available() -> bool:
-    try:
-        mkldnn = torch.ops.mkldnn
-        return (torch.backends.mkldnn.is_available()
-                and hasattr(mkldnn, '_convolution_pointwise')
-                and hasattr(mkldnn, '_convolution_pointwise_')
-                and hasattr(mkldnn, '_reorder_convolution_weight'))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_ONEDNN = _onednn_ops_available()
-_DW_POOL = True
-
-
-def use_onednn(x: Tensor) -> bool:
-    """Whether the oneDNN kernels serve ``x``: CPU float32 with oneDNN."""
-    return (_ONEDNN and x.device.type == 'cpu' and x.dtype == torch.float32
-            and torch.backends.mkldnn.enabled)
 
 
 def _onednn_act(act: nn.Module) -> Optional[Tuple[str, Optional[str]]]:
@@ -327,8 +244,6 @@ class PackCache:
 
     def __init__(self) -> None:
         self._entries: 'OrderedDict[Tuple, object]' = OrderedDict()
-        # Shape-independent tensors (the pooling's ones kernel).
-        self.constants: Dict[int, Tensor] = {}
 
     def get(self, shape: Tuple, make: Callable[[], object]):
         """The packed weights for ``shape``, or None on its first sight."""
@@ -362,17 +277,12 @@ def _pack_conv(weight: Tensor, padding: Sequence[int], stride: Sequence[int],
 def _mixer_(p: FoldedBlock, x: Tensor) -> Tensor:
     """``x = r1 * x + ls1 * g1 * rstd1 * (pool(x) - x)``, in place."""
     k, r = p.pool_size, p.pool_size // 2
-    if use_onednn(x) and _DW_POOL:
-        # Window sums as a depthwise convolution with a ones kernel: one
-        # pass, faster than avg_pool2d and than separable sums on CPU.
+    if use_onednn(x):
+        # One pass (a depthwise convolution with a ones kernel): faster than
+        # avg_pool2d and than separable sums on CPU.
         _, rstd1 = mean_rstd(x, p.eps1, out=_WORKSPACE.get('a', x))
-        ones = p.packed.constants.get(x.shape[1])
-        if ones is None:
-            ones = x.new_ones(x.shape[1], 1, k, k)
-            p.packed.constants[x.shape[1]] = ones
-        pooled = torch.ops.mkldnn._convolution_pointwise(
-            x, ones, None, [r, r], [1, 1], [1, 1], x.shape[1], 'none', [],
-            None)
+        pooled = window_sum(x.contiguous(memory_format=torch.channels_last),
+                            k)
         pooled.mul_(inv_count(x.shape[-2], x.shape[-1], k, x))
     elif x.device.type == 'cpu':
         # Separable window sums into scratch tensors: faster than

@@ -42,7 +42,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import load_pretrained
 from ...registry import register_backbone
-from .fast_ops import pool_mixer, use_channels_last
+from .fast_ops import (pointwise_mlp, pool_mixer, pool_norm_residual,
+                       use_channels_last)
 
 # Original ImageNet-1k weights of sail-sg/metaformer, used by the configs'
 # ``init_cfg``; ``{family}`` is the arch name up to the underscore.
@@ -235,8 +236,11 @@ class Pooling(nn.Module):
 
     The input is subtracted because the block adds it back through its
     residual connection. Padding is excluded from the average so that border
-    tokens are not pulled towards zero. On CPU the window sums run
-    separably (:func:`.fast_ops.pool_mixer`), with the same result.
+    tokens are not pulled towards zero. On CPU the window sums run faster
+    than ``nn.AvgPool2d`` (:func:`.fast_ops.pool_mixer`), with the same
+    result; after a GroupNorm(1) in a block, the block runs norm, pooling,
+    layer scale and residual as one operation
+    (:func:`.fast_ops.pool_norm_residual`).
 
     Args:
         pool_size (int): Pooling window. Defaults to 3.
@@ -551,6 +555,10 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop_rate)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and self.drop.p > 0):
+            fused = pointwise_mlp(self.fc1, self.act, self.fc2, x)
+            if fused is not None:
+                return fused
         x = self.drop(self.act(self.fc1(x)))
         return self.drop(self.fc2(x))
 
@@ -617,9 +625,36 @@ class MetaFormerBlock(nn.Module):
         self.drop_path = (
             DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity())
 
+    def _fused_token_mixing(self, x: Tensor) -> Optional[Tensor]:
+        """The first residual half as one operation where it fits (CPU
+        float32, a :class:`Pooling` mixer after a GroupNorm(1), no
+        res-scale, no stochastic depth in training; see
+        :func:`.fast_ops.pool_norm_residual`), else None."""
+        # Exact types: a subclass may compute something else.
+        if not (type(self.token_mixer) is Pooling
+                and type(self.norm1) in (Fp32GroupNorm, nn.GroupNorm)
+                and isinstance(self.res_scale1, nn.Identity)):
+            return None
+        if self.training and not isinstance(self.drop_path, nn.Identity):
+            return None
+        if type(self.layer_scale1) is Scale:
+            if self.layer_scale1.shape[1:] != (1, 1):
+                return None
+            layer_scale = self.layer_scale1.scale
+        elif isinstance(self.layer_scale1, nn.Identity):
+            layer_scale = None
+        else:
+            return None
+        return pool_norm_residual(x, self.token_mixer.pool, self.norm1,
+                                  layer_scale)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.res_scale1(x) + self.drop_path(
-            self.layer_scale1(self.token_mixer(self.norm1(x))))
+        fused = self._fused_token_mixing(x)
+        if fused is not None:
+            x = fused
+        else:
+            x = self.res_scale1(x) + self.drop_path(
+                self.layer_scale1(self.token_mixer(self.norm1(x))))
         x = self.res_scale2(x) + self.drop_path(
             self.layer_scale2(self.mlp(self.norm2(x))))
         return x
