@@ -35,9 +35,9 @@ float32 rounding (about 1e-7 relative):
   a transposed convolution (oneDNN, the weight as it is), each weight
   gradient one matrix product of the channels_last maps viewed as
   (positions, channels) matrices (MKL), and GELU's gradient is written
-  over the hidden gradient instead of into a new tensor. Measured in the
-  S12 train step at 512x512 (paired repetitions, 2 threads): about 3%
-  less time than the modules with oneDNN's ``convolution_backward``.
+  over the hidden gradient instead of into a new tensor. In the S12 train
+  step at 512x512 (2 threads, repetitions alternating with the modules and
+  oneDNN's ``convolution_backward``) about 1%-2% less time.
 
 Elsewhere (CUDA, autocast, other dtypes) the PyTorch operations run
 unchanged, and :func:`plain_ops` turns all of this off (to compare, e.g. in
