@@ -52,8 +52,20 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
-"${PIP[@]}" install -q --upgrade pip "$SETUPTOOLS_SPEC" wheel ninja
-"${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+# pip install, naming the usual cause when it fails on these machines: a full
+# disk (torch's CUDA build alone takes about 5.5 GB of the venv's ~6 GB).
+pip_install() {
+    if ! "${PIP[@]}" install "$@"; then
+        local free
+        free="$(df -Pk "$VENV" | awk 'NR == 2 { printf "%.1f", $4 / 1048576 }')"
+        log "pip install failed ($*); free disk space where $VENV lives:" \
+            "$free GB (the environment needs about 6.5 GB)"
+        exit 1
+    fi
+}
+
+pip_install -q --upgrade pip "$SETUPTOOLS_SPEC" wheel ninja
+pip_install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 # The C++ standard torch's headers demand, read from torch itself rather than
 # assumed: torch/all.h refuses compilers below `__cplusplus < NNNNNNL`.
@@ -107,7 +119,7 @@ install_mmcv() {
     else
         log "reusing cached mmcv wheel: $out"
     fi
-    "${PIP[@]}" install -q --no-deps "$out"/mmcv-*.whl
+    pip_install -q --no-deps "$out"/mmcv-*.whl
 }
 
 if "$PY" -c 'import mmcv, sys; sys.exit(mmcv.__version__ != "'$MMCV_VERSION'")' 2>/dev/null &&
@@ -119,8 +131,8 @@ fi
 
 # mmcv's runtime dependencies (installed --no-deps above), the frameworks,
 # test tools and this package.
-"${PIP[@]}" install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+pip_install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+pip_install -q --no-deps --no-build-isolation -e "$ROOT"
 
 log "verifying mmcv ops on CPU"
 "$PY" - <<'EOF'
