@@ -28,9 +28,10 @@ everything except the two sets of statistics folds into constants:
   seen (a reorder made without the shape can pick a slow kernel). Elsewhere
   (CUDA, other dtypes) the same folded block runs on plain PyTorch ops.
 
-The statistics are those of GroupNorm(1), computed in two passes (the mean,
-then the norm of the centred values) so that a large mean costs no
-precision. Outputs equal the normal eval path to about 1e-6 relative.
+The statistics are those of GroupNorm(1), from :func:`.fast_ops.mean_rstd`:
+one pass, or two (the mean, then the norm of the centred values) when the
+mean is large against the spread, so that it costs no precision. Outputs
+equal the normal eval path to about 1e-6 relative.
 
 The folded tensors live in a cache outside the module tree, so the state
 dict keeps its names and a block is folded again whenever one of its
