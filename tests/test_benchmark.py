@@ -29,9 +29,9 @@ def test_backbone_variants_and_floors(tmp_path):
                           str(tmp_path / 'result.json')])
     eval_names = set(out['results']['eval'])
     train_names = set(out['results']['train'])
-    assert {'timm', 'timm_cl', 'ours', 'ours_plain', 'deploy', 'floor_1x1',
-            'floor_convs'} <= eval_names
-    assert {'train_timm', 'train_ours', 'train_with_cp',
+    assert {'timm', 'timm_cl', 'ours', 'ours_unfused', 'ours_plain', 'deploy',
+            'floor_1x1', 'floor_convs'} <= eval_names
+    assert {'train_timm', 'train_ours', 'train_ours_unfused', 'train_with_cp',
             'train_floor_1x1', 'train_floor_convs'} <= train_names
     assert 'train_deploy' not in train_names
     for phase in out['results'].values():

@@ -324,10 +324,11 @@ def test_fused_block_paths_apply_only_where_exact():
     x = torch.randn(1, 64, 4, 4).contiguous(memory_format=torch.channels_last)
     assert block._fused_token_mixing(x) is not None
     assert block._fused_token_mixing(x.double()) is None
-    with fast_ops.plain_ops():
-        assert block._fused_token_mixing(x) is None
-        assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
-                                      block.mlp.fc2, x) is None
+    for context in (fast_ops.plain_ops, fast_ops.unfused_blocks):
+        with context():
+            assert block._fused_token_mixing(x) is None
+            assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
+                                          block.mlp.fc2, x) is None
     assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
                                   block.mlp.fc2, x) is not None
     with torch.no_grad():

@@ -51,12 +51,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-BACKBONE_VARIANTS = ('timm', 'timm_cl', 'ours', 'ours_plain',
+BACKBONE_VARIANTS = ('timm', 'timm_cl', 'ours', 'ours_unfused', 'ours_plain',
                      'deploy', 'with_cp', 'floor_1x1', 'floor_convs')
 LABELS = {
     'timm': 'timm forward_intermediates',
     'timm_cl': 'timm, channels_last',
     'ours': 'PoolFormer (default)',
+    'ours_unfused': 'PoolFormer, default without fused blocks',
     'ours_plain': 'PoolFormer, plain PyTorch ops',
     'deploy': 'PoolFormer, switch_to_deploy()',
     'with_cp': 'PoolFormer, with_cp=True',
@@ -298,9 +299,11 @@ class Bench:
                 x = self.x_cl
             fn = self._eval_fn if phase == 'eval' else self._train_fn
             return fn(model, x, timm_api=True)
-        if name in ('ours', 'ours_plain'):
-            from poolformer_mm.models.backbones.fast_ops import plain_ops
-            context = plain_ops if name == 'ours_plain' else None
+        if name in ('ours', 'ours_unfused', 'ours_plain'):
+            from poolformer_mm.models.backbones import fast_ops
+            context = dict(
+                ours_unfused=fast_ops.unfused_blocks,
+                ours_plain=fast_ops.plain_ops).get(name)
             fn = self._eval_fn if phase == 'eval' else self._train_fn
             return fn(self.ours(), self.x, context=context)
         if name == 'deploy':

@@ -35,9 +35,10 @@ float32 rounding (about 1e-7 relative):
   a transposed convolution (oneDNN, the weight as it is), each weight
   gradient one matrix product of the channels_last maps viewed as
   (positions, channels) matrices (MKL), and GELU's gradient is written
-  over the hidden gradient instead of into a new tensor. In the S12 train
-  step at 512x512 (2 threads, repetitions alternating with the modules and
-  oneDNN's ``convolution_backward``) about 1%-2% less time.
+  over the hidden gradient instead of into a new tensor. Together with
+  :func:`pool_norm_residual` 4%-5% less time for the S12 train step at
+  512x512 on 2 threads (``tools/benchmark.py --variants ours
+  ours_unfused``; :func:`unfused_blocks` turns both off).
 
 Elsewhere (CUDA, autocast, other dtypes) the PyTorch operations run
 unchanged, and :func:`plain_ops` turns all of this off (to compare, e.g. in
@@ -56,7 +57,7 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     'pool_mixer', 'pool_norm_residual', 'pointwise_mlp', 'is_pointwise_conv',
     'use_channels_last', 'use_onednn', 'pool_window', 'window_sum', 'box_sum',
-    'inv_count', 'mean_rstd', 'plain_ops'
+    'inv_count', 'mean_rstd', 'plain_ops', 'unfused_blocks'
 ]
 
 _ENABLED = True
@@ -71,6 +72,23 @@ def plain_ops() -> Iterator[None]:
         yield
     finally:
         _ENABLED = enabled
+
+
+_FUSED = True
+
+
+@contextlib.contextmanager
+def unfused_blocks() -> Iterator[None]:
+    """Within the context, run the default path without its fused block
+    functions (:func:`pool_norm_residual`, :func:`pointwise_mlp`), the
+    other fast ops on: what they bring is then measurable
+    (``tools/benchmark.py --variants ours ours_unfused``)."""
+    global _FUSED
+    fused, _FUSED = _FUSED, False
+    try:
+        yield
+    finally:
+        _FUSED = fused
 
 
 _INV_COUNT: Dict[Tuple, Tensor] = {}
@@ -424,9 +442,9 @@ def pointwise_mlp(fc1: nn.Module, act: nn.Module, fc2: nn.Module,
     around an ``nn.GELU``, on channels_last float32 CPU maps under
     autograd; None where it does not apply (the caller runs the modules,
     which is as fast without autograd)."""
-    if not (torch.is_grad_enabled() and _fast_cpu(x) and _channels_last(x)
-            and type(act) is nn.GELU and is_pointwise_conv(fc1)
-            and is_pointwise_conv(fc2)):
+    if not (_FUSED and torch.is_grad_enabled() and _fast_cpu(x)
+            and _channels_last(x) and type(act) is nn.GELU
+            and is_pointwise_conv(fc1) and is_pointwise_conv(fc2)):
         return None
     return _PointwiseMlp.apply(x, fc1.weight, fc1.bias, fc2.weight,
                                fc2.bias, act.approximate)
@@ -440,7 +458,7 @@ def pool_norm_residual(x: Tensor, pool: nn.AvgPool2d, norm: nn.GroupNorm,
     ``layer_scale`` is (C, ) or None. Returns None where it does not apply
     (the caller runs the modules)."""
     k = pool_window(pool)
-    if (k is None or not _fast_cpu(x) or not _dense(x)
+    if (k is None or not _FUSED or not _fast_cpu(x) or not _dense(x)
             or not isinstance(norm, nn.GroupNorm) or norm.num_groups != 1):
         return None
     return _PoolNormResidual.apply(x, norm.weight, norm.bias, layer_scale, k,
