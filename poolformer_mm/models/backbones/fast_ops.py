@@ -222,6 +222,19 @@ def mean_rstd(x: Tensor, eps: float,
     return mean, norm.square_().div_(n).add_(eps).rsqrt_()
 
 
+def _pool_minus_identity(x: Tensor, pool_size: int) -> Tensor:
+    """``P x - x``, ``P`` PoolFormer's average pooling; a new tensor."""
+    inv = inv_count(x.shape[-2], x.shape[-1], pool_size, x)
+    return window_sum(x, pool_size).mul_(inv).sub_(x)
+
+
+def _pool_minus_identity_adjoint(grad: Tensor, pool_size: int) -> Tensor:
+    """``P^T g - g``: the window is symmetric, so ``P^T g`` is the window
+    sum of ``g / count``."""
+    inv = inv_count(grad.shape[-2], grad.shape[-1], pool_size, grad)
+    return window_sum(grad * inv, pool_size).sub_(grad)
+
+
 class _PoolMixer(torch.autograd.Function):
     """``avg_pool(x, k, stride 1, padding k // 2, count_include_pad=False)
     - x``."""
@@ -230,14 +243,12 @@ class _PoolMixer(torch.autograd.Function):
     def forward(ctx, x: Tensor, pool_size: int) -> Tensor:
         ctx.pool_size = pool_size
         ctx.channels_last = _channels_last(x)
-        inv = inv_count(x.shape[-2], x.shape[-1], pool_size, x)
-        return window_sum(x, pool_size).mul_(inv).sub_(x)
+        return _pool_minus_identity(x, pool_size)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         grad = _like_input(grad, ctx.channels_last)
-        inv = inv_count(grad.shape[-2], grad.shape[-1], ctx.pool_size, grad)
-        return window_sum(grad * inv, ctx.pool_size).sub_(grad), None
+        return _pool_minus_identity_adjoint(grad, ctx.pool_size), None
 
 
 class _PoolNormResidual(torch.autograd.Function):
@@ -263,9 +274,8 @@ class _PoolNormResidual(torch.autograd.Function):
                 bias: Optional[Tensor], layer_scale: Optional[Tensor],
                 pool_size: int, eps: float) -> Tensor:
         mean, rstd = mean_rstd(x, eps)
-        scale = _channel_gain(weight, layer_scale, rstd)
-        inv = inv_count(x.shape[-2], x.shape[-1], pool_size, x)
-        out = window_sum(x, pool_size).mul_(inv).sub_(x).mul_(scale).add_(x)
+        scale = _sample_scale(_channel_gain(weight, layer_scale), rstd)
+        out = _pool_minus_identity(x, pool_size).mul_(scale).add_(x)
         ctx.pool_size = pool_size
         ctx.channels_last = _channels_last(x)
         ctx.has_bias = bias is not None
@@ -277,14 +287,12 @@ class _PoolNormResidual(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, mean, rstd, weight, layer_scale = ctx.saved_tensors
         grad = _like_input(grad, ctx.channels_last)
-        inv = inv_count(x.shape[-2], x.shape[-1], ctx.pool_size, x)
-        q = window_sum(grad * inv, ctx.pool_size).sub_(grad)
+        q = _pool_minus_identity_adjoint(grad, ctx.pool_size)
         t = (q * x).sum(dim=(2, 3))  # (N, C)
-        gain = _channel_gain(weight, layer_scale, None)
+        gain = _channel_gain(weight, layer_scale)
         grad_x = grad_weight = grad_bias = grad_scale = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.addcmul(grad, q,
-                                   _channel_gain(weight, layer_scale, rstd))
+            grad_x = torch.addcmul(grad, q, _sample_scale(gain, rstd))
             grad_rstd = (t if gain is None else t * gain).sum(1)
             coef = (grad_rstd.view(-1, 1, 1, 1) * rstd.pow(3)).mul_(
                 -1. / x[0].numel())
@@ -354,15 +362,17 @@ def _pointwise_param_grads(
     return grad_weight, grad_bias
 
 
-def _channel_gain(weight: Optional[Tensor], layer_scale: Optional[Tensor],
-                  rstd: Optional[Tensor]) -> Optional[Tensor]:
-    """``ls * g`` (C, ) without ``rstd``; with it, ``ls * g * rstd`` as
-    (N, C, 1, 1) (or (N, 1, 1, 1) without ``ls`` and ``g``)."""
-    gain = weight
-    if layer_scale is not None:
-        gain = layer_scale if gain is None else gain * layer_scale
-    if rstd is None:
-        return gain
+def _channel_gain(weight: Optional[Tensor],
+                  layer_scale: Optional[Tensor]) -> Optional[Tensor]:
+    """``ls * g`` (C, ), None when neither is there."""
+    if layer_scale is None or weight is None:
+        return weight if layer_scale is None else layer_scale
+    return weight * layer_scale
+
+
+def _sample_scale(gain: Optional[Tensor], rstd: Tensor) -> Tensor:
+    """``gain * rstd``, (N, C, 1, 1) (or ``rstd``, (N, 1, 1, 1), without a
+    gain)."""
     return rstd if gain is None else gain.view(1, -1, 1, 1) * rstd
 
 
