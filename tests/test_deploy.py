@@ -10,6 +10,7 @@ import pickle
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from conftest import CONFIGS, run_tool
 
 from poolformer_mm import PoolFormer
@@ -73,6 +74,89 @@ def test_deploy_generic_kernels(monkeypatch):
     x = torch.randn(2, 3, 67, 93)
     with torch.no_grad():
         assert rel_err(model(x), deployed(x)) < RTOL
+
+
+@pytest.mark.parametrize('arch', ['s12', 'poolformerv2_s12'])
+def test_deploy_off_cpu_path(monkeypatch, arch):
+    """The path as it runs off the CPU (NCHW, var_mean statistics, output
+    norms by hand), forced on CPU; PoolFormerV2 for res-scales, StarReLU
+    and bias-free norms."""
+    monkeypatch.setattr(deploy, '_runs_off_cpu', lambda x: True)
+    monkeypatch.setattr(fast_ops, '_reduces_per_group', lambda x: False)
+    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+    torch.manual_seed(0)
+    if arch.startswith('poolformerv2'):
+        from poolformer_mm import MetaFormer
+        model = perturb(MetaFormer(arch)).eval()
+    else:
+        model = perturb(PoolFormer(arch)).eval()
+    runner = deploy.DeployRunner()
+    x = torch.randn(2, 3, 67, 93)
+    with torch.no_grad():
+        ref = model(x)
+        out = deploy.deploy_forward(model, runner, x)
+        assert rel_err(ref, out) < RTOL
+        assert all(o.is_contiguous() for o in out)
+        # Under autocast: what autocast makes of the modules, to its
+        # rounding, with the weights cast once.
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            ref_autocast = model(x)
+            for _ in range(2):
+                out = deploy.deploy_forward(model, runner, x)
+    assert rel_err(ref, out) < 2 * rel_err(ref, ref_autocast) + 1e-3
+    folded = [hit[1] for hit in runner._cache.values()
+              if isinstance(hit[1], deploy.FoldedBlock)]
+    assert len(folded) == 12
+    for p in folded:
+        assert set(p.casts) == {(torch.float32, torch.float32),
+                                (torch.float32, torch.bfloat16)}
+
+
+@pytest.mark.parametrize('shape', [(2, 6, 5, 7), (3, 4, 9), (2, 5)])
+def test_group_norm1_off_cpu(monkeypatch, shape):
+    """GroupNorm(1) as it runs off the CPU (:class:`fast_ops._GroupNorm1`),
+    forced on CPU: gradcheck, and against ``F.group_norm``."""
+    monkeypatch.setattr(fast_ops, '_reduces_per_group', lambda x: False)
+    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+    torch.manual_seed(0)
+    channels = shape[1]
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+    weight = (torch.rand(channels, dtype=torch.float64) + 0.5)
+    bias = torch.randn(channels, dtype=torch.float64)
+    for w, b in ((weight, bias), (weight, None), (None, None)):
+        args = [t.clone().requires_grad_() if t is not None else None
+                for t in (w, b)]
+        assert torch.autograd.gradcheck(
+            lambda *t: fast_ops.group_norm(t[0], 1, *t[1:], 1e-5),
+            (x, *args))
+        x32 = x.detach().float().requires_grad_()
+        args32 = [t.detach().float().requires_grad_() if t is not None
+                  else None for t in (w, b)]
+        ref_args = [t.detach().clone().requires_grad_() if t is not None
+                    else None for t in args32]
+        ref_x = x32.detach().clone().requires_grad_()
+        out = fast_ops.group_norm(x32, 1, *args32, 1e-5)
+        ref = F.group_norm(ref_x, 1, *ref_args, 1e-5)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        ref.backward(grad)
+        for mine, theirs in zip([x32] + args32, [ref_x] + ref_args):
+            if mine is not None:
+                torch.testing.assert_close(mine.grad, theirs.grad,
+                                           rtol=1e-4, atol=1e-5)
+    # Small maps, and the CPU, keep PyTorch's kernels.
+    calls = []
+    monkeypatch.setattr(fast_ops._GroupNorm1, 'apply',
+                        lambda *args: calls.append(args) or args[0])
+    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', x[0].numel() + 1)
+    fast_ops.group_norm(x, 1, None, None, 1e-5)
+    assert not calls
+    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', x[0].numel())
+    fast_ops.group_norm(x, 1, None, None, 1e-5)
+    assert len(calls) == 1
+    monkeypatch.undo()
+    assert fast_ops._reduces_per_group(x)
 
 
 def test_deploy_two_pass_statistics(monkeypatch):
@@ -380,7 +464,12 @@ def test_channels_last_inside_contiguous_outside():
         assert not torch.allclose(expected, wrong)
 
 
-def test_default_path_matches_plain_ops():
+@pytest.mark.parametrize('norms_off_cpu', [False, True])
+def test_default_path_matches_plain_ops(monkeypatch, norms_off_cpu):
+    if norms_off_cpu:  # the GroupNorm(1)s as they run on CUDA
+        monkeypatch.setattr(fast_ops, '_reduces_per_group',
+                            lambda x: not fast_ops._ENABLED)
+        monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
     torch.manual_seed(0)
     model = perturb(PoolFormer('s12'))
     x = torch.randn(2, 3, 67, 93)
@@ -467,6 +556,33 @@ def test_deploy_cuda(monkeypatch):
             assert rel_err(ref, deployed(x)) < RTOL
         for dtype in (torch.float16, torch.bfloat16):
             with torch.autocast('cuda', dtype=dtype):
-                out = deployed(x)
-            assert all(o.dtype == dtype for o in out)
-            assert rel_err(ref, out) < 5e-2
+                ref_autocast = model(x)
+                for _ in range(2):
+                    out = deployed(x)
+            assert ([o.dtype for o in out] == [o.dtype for o in ref_autocast])
+            assert rel_err(ref, out) < 2 * rel_err(ref, ref_autocast) + 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_default_path_cuda_matches_cpu(monkeypatch):
+    """Training on CUDA (the modules' own ops) computes what the CPU's
+    fast path computes: outputs and every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+    # Every GroupNorm(1) on CUDA as fast_ops._GroupNorm1.
+    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+    torch.manual_seed(0)
+    model = perturb(PoolFormer('s12'))
+    x = torch.randn(2, 3, 67, 93)
+    outs, grads = [], []
+    for device in ('cpu', 'cuda'):
+        model = model.to(device)
+        model.zero_grad()
+        out = model(x.to(device))
+        sum(o.square().mean() for o in out).backward()
+        # Copies: moving the model moves its gradients too.
+        outs.append([o.detach().cpu().clone() for o in out])
+        grads.append([p.grad.cpu().clone() for p in model.parameters()])
+    assert rel_err(outs[0], outs[1]) < 1e-5
+    for ref, grad in zip(*grads):
+        assert (ref - grad).abs().max() <= 1e-4 * ref.abs().max() + 1e-7

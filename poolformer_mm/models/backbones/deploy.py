@@ -25,13 +25,24 @@ everything except the two sets of statistics folds into constants:
   adding its result into the residual stream in place. Their weights, and
   those of the stem and downsampling convolutions, are reordered into
   oneDNN's blocked layout for an input shape the second time that shape is
-  seen (a reorder made without the shape can pick a slow kernel). Elsewhere
-  (CUDA, other dtypes) the same folded block runs on plain PyTorch ops.
+  seen (a reorder made without the shape can pick a slow kernel). On CPU
+  in other dtypes the same folded block runs on plain PyTorch ops.
+- off the CPU (CUDA): NCHW maps, the statistics from one ``var_mean`` per
+  norm (``group_norm`` with one group leaves a GPU nearly idle at
+  detection sizes), the mixer as one ``lerp_`` and ``z2`` as one
+  ``addcmul`` written in the convolutions' dtype; under autocast the
+  residual stream stays float32 and the 1x1 convolutions run in the
+  autocast dtype with weights cast once, as autocast would run the modules.
+  ``fc2`` stays unscaled and ``ls2`` is applied in the residual
+  ``addcmul_``: folded into the weight it could underflow in float16. On an
+  H100, S12 at 2x3x800x1216 fp16: 5.2-7.9 ms against timm's 26.1
+  (``tools/benchmark.py --device cuda``, see docs/benchmark.md).
 
-The statistics are those of GroupNorm(1), from :func:`.fast_ops.mean_rstd`:
-one pass, or two (the mean, then the norm of the centred values) when the
-mean is large against the spread, so that it costs no precision. Outputs
-equal the normal eval path to about 1e-6 relative.
+On CPU the statistics are those of GroupNorm(1), from
+:func:`.fast_ops.mean_rstd`: one pass, or two (the mean, then the norm of
+the centred values) when the mean is large against the spread, so that it
+costs no precision. Outputs equal the normal eval path to about 1e-6
+relative.
 
 The folded tensors live in a cache outside the module tree, so the state
 dict keeps its names and a block is folded again whenever one of its
@@ -45,15 +56,17 @@ other block runs its own ``forward``.
 """
 import threading
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fast_ops import (box_sum, inv_count, is_pointwise_conv, mean_rstd,
-                       pool_window, use_onednn, window_sum)
+from .fast_ops import (box_sum, group_norm1_stats, inv_count,
+                       is_pointwise_conv, mean_rstd, pool_window, use_onednn,
+                       window_sum)
 
 __all__ = [
     'can_fold', 'fold_block', 'FoldedBlock', 'folded_block_forward',
@@ -124,12 +137,56 @@ class FoldedBlock:
         act (nn.Module): The MLP's element-wise activation.
         fc2_weight (Tensor): ``ls2 * W2``, shape (C, hidden, 1, 1).
         fc2_bias (Tensor): ``ls2 * c2``, shape (C, ).
+        fc2_unscaled_weight (Tensor): ``W2``, for low-precision
+            convolutions: ``ls2 * W2`` would underflow in float16 with
+            layer scales near their initial 1e-5.
+        fc2_unscaled_bias (Tensor): ``c2``, shape (C, ).
+        mlp_scale (Tensor, optional): ``ls2``, shape (1, C, 1, 1); None for
+            no layer scale.
         packed (PackCache): oneDNN-reordered ``fc1`` / ``fc2`` weights.
+        casts (dict): The tensors that the blocks use off the CPU, per
+            dtype pair (:meth:`cast`).
     """
 
     def __init__(self, **kwargs) -> None:
         self.packed = PackCache()
+        self.casts: Dict[Tuple[torch.dtype, torch.dtype], CastWeights] = {}
         self.__dict__.update(kwargs)
+
+    def cast(self, dtype: torch.dtype,
+             conv_dtype: torch.dtype) -> 'CastWeights':
+        """The tensors of the block as it runs off the CPU, the per-channel
+        ones in ``dtype`` (that of the residual stream), the convolutions'
+        in ``conv_dtype``; made once per pair."""
+        weights = self.casts.get((dtype, conv_dtype))
+        if weights is None:
+
+            def to(t: Optional[Tensor], to_dtype: torch.dtype):
+                return None if t is None else t.to(to_dtype)
+
+            weights = self.casts[(dtype, conv_dtype)] = CastWeights(
+                mix_scale=to(self.mix_scale, dtype),
+                res_scale1=to(self.res_scale1, dtype),
+                res_scale2=to(self.res_scale2, dtype),
+                mlp_scale=to(self.mlp_scale, dtype),
+                fc1_weight=to(self.fc1_weight, conv_dtype),
+                fc1_bias=to(self.fc1_bias, conv_dtype),
+                fc2_weight=to(self.fc2_unscaled_weight, conv_dtype),
+                fc2_bias=to(self.fc2_unscaled_bias, conv_dtype))
+        return weights
+
+
+class CastWeights(NamedTuple):
+    """A :class:`FoldedBlock`'s tensors in the dtypes of one run
+    (:meth:`FoldedBlock.cast`); ``fc2_*`` are unscaled."""
+    mix_scale: Tensor
+    res_scale1: Optional[Tensor]
+    res_scale2: Optional[Tensor]
+    mlp_scale: Optional[Tensor]
+    fc1_weight: Tensor
+    fc1_bias: Tensor
+    fc2_weight: Tensor
+    fc2_bias: Tensor
 
 
 def _affine(norm: nn.GroupNorm, ref: Tensor) -> Tuple[Tensor, Tensor]:
@@ -193,7 +250,10 @@ def fold_block(block: nn.Module) -> FoldedBlock:
         act=block.mlp.act,
         fc2_weight=(w2 * ls2[:, None]).to(dtype)[:, :, None,
                                                  None].contiguous(),
-        fc2_bias=(c2 * ls2).to(dtype))
+        fc2_bias=(c2 * ls2).to(dtype),
+        fc2_unscaled_weight=fc2.weight.detach().clone(),
+        fc2_unscaled_bias=c2.to(dtype),
+        mlp_scale=channel_map(_scale(block.layer_scale2)))
 
 
 class _Workspace(threading.local):
@@ -276,7 +336,8 @@ def _pack_conv(weight: Tensor, padding: Sequence[int], stride: Sequence[int],
 
 
 def _mixer_(p: FoldedBlock, x: Tensor) -> Tensor:
-    """``x = r1 * x + ls1 * g1 * rstd1 * (pool(x) - x)``, in place."""
+    """``x = r1 * x + ls1 * g1 * rstd1 * (pool(x) - x)``, in place, on
+    CPU."""
     k, r = p.pool_size, p.pool_size // 2
     if use_onednn(x):
         # One pass (a depthwise convolution with a ones kernel): faster than
@@ -285,28 +346,80 @@ def _mixer_(p: FoldedBlock, x: Tensor) -> Tensor:
         pooled = window_sum(x.contiguous(memory_format=torch.channels_last),
                             k)
         pooled.mul_(inv_count(x.shape[-2], x.shape[-1], k, x))
-    elif x.device.type == 'cpu':
+    else:
         # Separable window sums into scratch tensors: faster than
         # avg_pool2d on CPU.
         _, rstd1 = mean_rstd(x, p.eps1, out=_WORKSPACE.get('a', x))
         pooled = box_sum(x, r, _WORKSPACE.get('a', x),
                          _WORKSPACE.get('b', x))
         pooled.mul_(inv_count(x.shape[-2], x.shape[-1], k, x))
-    else:
-        _, rstd1 = mean_rstd(x, p.eps1)
-        pooled = F.avg_pool2d(
-            x, p.pool_size, 1, p.pool_size // 2, count_include_pad=False)
     a = (p.mix_scale * rstd1).to(x.dtype)
     if p.res_scale1 is None:
         return x.lerp_(pooled, a)
     return x.mul_(p.res_scale1 - a).addcmul_(pooled, a)
 
 
+def _runs_off_cpu(x: Tensor) -> bool:
+    """Whether ``x`` takes the path of :func:`_folded_block_off_cpu_`."""
+    return x.device.type != 'cpu'
+
+
+def _folded_block_off_cpu_(p: FoldedBlock, x: Tensor) -> Tensor:
+    """A folded block off the CPU (CUDA): plain PyTorch ops on NCHW maps
+    (cuDNN's 1x1 convolutions were slower on channels_last ones), few
+    kernel launches, which bound the block at small sizes, and the
+    statistics from one ``var_mean`` (:func:`.fast_ops.group_norm1_stats`;
+    ``group_norm`` leaves the GPU nearly idle with one group, see
+    :class:`.fast_ops._GroupNorm1`).
+
+    Under autocast it computes what autocast makes of the modules, the
+    statistics, the pooling and the residual stream in float32 and the 1x1
+    convolutions in the autocast dtype, with the weights cast once
+    (:meth:`FoldedBlock.cast`) instead of at every call.
+    """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        conv_dtype = torch.get_autocast_dtype(device_type)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        with torch.autocast(device_type, enabled=False):
+            return _off_cpu_block_(p, x, conv_dtype)
+    return _off_cpu_block_(p, x, x.dtype)
+
+
+def _off_cpu_block_(p: FoldedBlock, x: Tensor,
+                    conv_dtype: torch.dtype) -> Tensor:
+    c = p.cast(x.dtype, conv_dtype)
+    k = p.pool_size
+    _, rstd1 = group_norm1_stats(x, p.eps1)
+    pooled = F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
+    a = rstd1.mul(c.mix_scale)
+    if c.res_scale1 is None:
+        x = x.lerp_(pooled, a)
+    else:
+        x = x.mul_(c.res_scale1 - a).addcmul_(pooled, a)
+    mean2, rstd2 = group_norm1_stats(x, p.eps2)
+    # z = (x - mean2) * rstd2 in one pass, written in the convolution's
+    # dtype.
+    z = torch.addcmul(mean2.mul_(rstd2).neg_(), x, rstd2,
+                      out=torch.empty_like(x, dtype=conv_dtype))
+    if c.res_scale2 is not None:
+        x = x.mul_(c.res_scale2)
+    # An activation with parameters (StarReLU) returns their dtype.
+    hidden = p.act(F.conv2d(z, c.fc1_weight, c.fc1_bias)).to(conv_dtype)
+    out = F.conv2d(hidden, c.fc2_weight, c.fc2_bias)
+    if c.mlp_scale is None:
+        return x.add_(out)
+    return x.addcmul_(out, c.mlp_scale)
+
+
 def folded_block_forward(p: FoldedBlock, x: Tensor) -> Tensor:
     """Run a folded block on ``x`` (N, C, H, W), updating it in place;
     returns it."""
+    if _runs_off_cpu(x):
+        return _folded_block_off_cpu_(p, x)
     x = _mixer_(p, x)
-    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64):
+    if x.dtype in (torch.float32, torch.float64):
         z = _WORKSPACE.get('a', x)
         mean2, rstd2 = mean_rstd(x, p.eps2, out=z)
         z = torch.sub(x, mean2, out=z).mul_(rstd2)
@@ -402,6 +515,9 @@ class DeployRunner:
             elif isinstance(obj, (list, tuple)):
                 for item in obj:
                     count(item)
+            elif isinstance(obj, dict):
+                for item in obj.values():
+                    count(item)
             elif isinstance(obj, PackCache):
                 for item in obj._entries.values():
                     count(item)
@@ -434,9 +550,12 @@ class DeployRunner:
         return block(x)
 
     def conv_module(self, module: nn.Module, x: Tensor) -> Tensor:
-        """A stem or downsampling, its output in channels_last: a plain
-        convolution (see :func:`_plain_conv`) runs as a oneDNN convolution
-        with reordered weights, other modules run their own forward."""
+        """A stem or downsampling, on CPU with its output in channels_last:
+        a plain convolution (see :func:`_plain_conv`) runs as a oneDNN
+        convolution with reordered weights, other modules run their own
+        forward."""
+        if _runs_off_cpu(x):
+            return module(x)
         x = x.contiguous(memory_format=torch.channels_last)
         conv = _plain_conv(module)
         if conv is None or not use_onednn(x):
@@ -477,7 +596,8 @@ def deploy_forward(model: nn.Module, runner: DeployRunner,
         for i, stage in enumerate(model.stages[:last + 1]):
             if getattr(stage, 'channels_last', False):
                 x = model._run_stage(stage, x).contiguous(
-                    memory_format=torch.channels_last)
+                    memory_format=torch.contiguous_format
+                    if _runs_off_cpu(x) else torch.channels_last)
             else:
                 if not isinstance(stage.downsample, nn.Identity):
                     x = runner.conv_module(stage.downsample, x)

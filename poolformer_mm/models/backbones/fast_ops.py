@@ -41,7 +41,15 @@ float32 rounding (about 1e-7 relative):
   ours_unfused``; :func:`unfused_blocks` turns both off).
 
 Elsewhere (CUDA, autocast, other dtypes) the PyTorch operations run
-unchanged, and :func:`plain_ops` turns all of this off (to compare, e.g. in
+unchanged, except:
+
+- :func:`group_norm` (used by ``Fp32GroupNorm``): on CUDA a GroupNorm with
+  one group of maps with at least :data:`GROUP_NORM1_MIN_SIZE` elements per
+  sample takes its statistics from one ``var_mean`` (:class:`_GroupNorm1`):
+  PyTorch's kernel reduces each sample in one thread block and was most of
+  the forward time at detection sizes.
+
+:func:`plain_ops` turns all of this off (to compare, e.g. in
 ``tools/benchmark.py``).
 """
 import contextlib
@@ -57,7 +65,8 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     'pool_mixer', 'pool_norm_residual', 'pointwise_mlp', 'is_pointwise_conv',
     'use_channels_last', 'use_onednn', 'pool_window', 'window_sum', 'box_sum',
-    'inv_count', 'mean_rstd', 'plain_ops', 'unfused_blocks'
+    'inv_count', 'mean_rstd', 'plain_ops', 'unfused_blocks', 'group_norm',
+    'group_norm1_stats'
 ]
 
 _ENABLED = True
@@ -473,3 +482,86 @@ def pool_norm_residual(x: Tensor, pool: nn.AvgPool2d, norm: nn.GroupNorm,
         return None
     return _PoolNormResidual.apply(x, norm.weight, norm.bias, layer_scale, k,
                                    float(norm.eps))
+
+
+# ---------------------------------------------------------------------------
+# GroupNorm with one group off the CPU
+# ---------------------------------------------------------------------------
+def group_norm1_stats(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
+    """Mean and ``1 / sqrt(var + eps)`` over all but the first dimension,
+    each of shape (N, 1, ...): one ``var_mean``, a reduction that CUDA
+    spreads over the whole GPU."""
+    dims = tuple(range(1, x.dim()))
+    var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
+    return mean, var.add_(eps).rsqrt_()
+
+
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """A (C, ) tensor viewed to broadcast over the channels of ``x``."""
+    return t.view((1, -1) + (1, ) * (x.dim() - 2))
+
+
+class _GroupNorm1(torch.autograd.Function):
+    """``F.group_norm(x, 1, weight, bias, eps)`` with the statistics from
+    :func:`group_norm1_stats`. PyTorch's CUDA forward reduces each group in
+    one thread block, so with one group and one or two samples of
+    detection size (S12 at 2x3x800x1216) the GPU is nearly idle during the
+    norms, which were most of timm's and the default path's forward time
+    there (see docs/benchmark.md). Its backward reduces per sample and
+    channel and is used as it is."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], eps: float) -> Tensor:
+        x = x.contiguous()
+        mean, rstd = group_norm1_stats(x, eps)
+        scale = rstd if weight is None else rstd * _channel_view(weight, x)
+        if bias is None:
+            shift = torch.mul(mean, scale).neg_()
+        else:
+            shift = torch.addcmul(_channel_view(bias, x), mean, scale,
+                                  value=-1)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.has_bias = bias is not None
+        return torch.addcmul(shift, x, scale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c = x.shape[:2]
+        needs = ctx.needs_input_grad
+        grad_input, grad_weight, grad_bias = (
+            torch.ops.aten.native_group_norm_backward(
+                grad.contiguous(), x, mean.view(n, 1), rstd.view(n, 1),
+                weight, n, c, x[0, 0].numel(), 1,
+                [needs[0], weight is not None and needs[1],
+                 ctx.has_bias and needs[2]]))
+        return grad_input, grad_weight, grad_bias, None
+
+
+def _reduces_per_group(x: Tensor) -> bool:
+    """Whether :func:`group_norm` leaves a one-group norm of ``x`` to
+    PyTorch: on the CPU, where its kernels are fast (and the blocks' fast
+    path takes the token mixer's norm), and with the fast ops off."""
+    return not _ENABLED or x.device.type == 'cpu'
+
+
+# Below this many elements per sample PyTorch's one-block reduction takes
+# about as long as the extra launches of :class:`_GroupNorm1`. Measured on
+# an H100 with every norm of S12 on it, against PyTorch's (two runs each):
+# at 1x3x512x512 (maps of 2**17 to 2**20 elements) 0.62x-0.78x for the
+# train step and 0.68x-1.20x for eval, at 2x3x800x1216 fp16 (2**19 to
+# 2**22) 1.23x-1.30x and 2.9x-4.5x.
+GROUP_NORM1_MIN_SIZE = 2**20
+
+
+def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor],
+               bias: Optional[Tensor], eps: float) -> Tensor:
+    """``F.group_norm``; with one group off the CPU, for maps of at least
+    :data:`GROUP_NORM1_MIN_SIZE` elements per sample, as
+    :class:`_GroupNorm1`."""
+    if (num_groups != 1 or x.dim() < 2 or _reduces_per_group(x)
+            or x[0].numel() < GROUP_NORM1_MIN_SIZE):
+        return F.group_norm(x, num_groups, weight, bias, eps)
+    return _GroupNorm1.apply(x, weight, bias, eps)

@@ -42,8 +42,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import load_pretrained
 from ...registry import register_backbone
-from .fast_ops import (pointwise_mlp, pool_mixer, pool_norm_residual,
-                       use_channels_last)
+from .fast_ops import (group_norm, pointwise_mlp, pool_mixer,
+                       pool_norm_residual, use_channels_last)
 
 # Original ImageNet-1k weights of sail-sg/metaformer, used by the configs'
 # ``init_cfg``; ``{family}`` is the arch name up to the underscore.
@@ -98,7 +98,7 @@ class Fp32GroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = _compute_dtype(x)
-        out = F.group_norm(
+        out = group_norm(
             x.to(dtype), self.num_groups, _cast(self.weight, dtype),
             _cast(self.bias, dtype), self.eps)
         return out.to(x.dtype)

@@ -159,9 +159,10 @@ class PoolFormer(BaseMetaFormer):
         re-parameterised inference).
 
         Norm affines and layer scales are folded into the 1x1 convolutions
-        and the pooling, activations stay channels_last and, on CPU, the
+        and the pooling; on CPU activations stay channels_last and the
         convolutions run on oneDNN with the activation and the residual
-        addition fused (see :mod:`.deploy`). Outputs equal the normal eval
+        addition fused, on CUDA the norms' statistics come from one
+        reduction each over the whole GPU (see :mod:`.deploy`). Outputs equal the normal eval
         path to about 1e-6 relative and are contiguous NCHW tensors.
 
         Parameters and state dict are unchanged: folding happens on the
