@@ -76,31 +76,38 @@ def test_deploy_generic_kernels(monkeypatch):
         assert rel_err(model(x), deployed(x)) < RTOL
 
 
+def _force_off_cpu(monkeypatch):
+    """The deploy blocks and the GroupNorm(1)s as they run on CUDA, on
+    CPU (with the fast ops on)."""
+    monkeypatch.setattr(deploy, '_runs_off_cpu', lambda x: True)
+    monkeypatch.setattr(fast_ops, '_reduces_per_group',
+                        lambda x: not fast_ops._ENABLED)
+    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+
+
 @pytest.mark.parametrize('arch', ['s12', 'poolformerv2_s12'])
 def test_deploy_off_cpu_path(monkeypatch, arch):
-    """The path as it runs off the CPU (NCHW, var_mean statistics, output
-    norms by hand), forced on CPU; PoolFormerV2 for res-scales, StarReLU
-    and bias-free norms."""
-    monkeypatch.setattr(deploy, '_runs_off_cpu', lambda x: True)
-    monkeypatch.setattr(fast_ops, '_reduces_per_group', lambda x: False)
-    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+    """The path as it runs off the CPU (NCHW, var_mean statistics), forced
+    on CPU, against the modules on PyTorch's kernels; PoolFormerV2 for
+    res-scales, StarReLU and bias-free norms."""
     torch.manual_seed(0)
     if arch.startswith('poolformerv2'):
         from poolformer_mm import MetaFormer
         model = perturb(MetaFormer(arch)).eval()
     else:
         model = perturb(PoolFormer(arch)).eval()
-    runner = deploy.DeployRunner()
     x = torch.randn(2, 3, 67, 93)
-    with torch.no_grad():
+    with torch.no_grad(), fast_ops.plain_ops():
         ref = model(x)
-        out = deploy.deploy_forward(model, runner, x)
-        assert rel_err(ref, out) < RTOL
-        assert all(o.is_contiguous() for o in out)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            ref_autocast = model(x)
+    _force_off_cpu(monkeypatch)
+    runner = deploy.DeployRunner()
+    with torch.no_grad():
+        assert rel_err(ref, deploy.deploy_forward(model, runner, x)) < RTOL
         # Under autocast: what autocast makes of the modules, to its
         # rounding, with the weights cast once.
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            ref_autocast = model(x)
             for _ in range(2):
                 out = deploy.deploy_forward(model, runner, x)
     assert rel_err(ref, out) < 2 * rel_err(ref, ref_autocast) + 1e-3
@@ -110,6 +117,41 @@ def test_deploy_off_cpu_path(monkeypatch, arch):
     for p in folded:
         assert set(p.casts) == {(torch.float32, torch.float32),
                                 (torch.float32, torch.bfloat16)}
+
+
+def test_deploy_off_cpu_half_model(monkeypatch):
+    """A model cast to bfloat16, alone and under autocast: the residual
+    stream stays bfloat16, as in the modules, the statistics float32."""
+    torch.manual_seed(0)
+    model = perturb(PoolFormer('s12')).eval()
+    x = torch.randn(2, 3, 67, 93)
+    with torch.no_grad(), fast_ops.plain_ops():
+        ref = model(x)
+        model = model.bfloat16()
+        ref_half = model(x.bfloat16())
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            ref_autocast = model(x.bfloat16())
+    _force_off_cpu(monkeypatch)
+    runner = deploy.DeployRunner()
+    with torch.no_grad():
+        out_half = deploy.deploy_forward(model, runner, x.bfloat16())
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out_autocast = deploy.deploy_forward(model, runner, x.bfloat16())
+    for mine, theirs in ((out_half, ref_half),
+                         (out_autocast, ref_autocast)):
+        assert [o.dtype for o in mine] == [o.dtype for o in theirs]
+        assert rel_err(ref, mine) < 2 * rel_err(ref, theirs) + 1e-3
+
+
+def test_group_norm1_stats_half_precision():
+    # A float16 variance would overflow (std 300: 9e4 > 65504).
+    x = (torch.randn(2, 8, 16, 16) * 300).half()
+    mean, rstd = fast_ops.group_norm1_stats(x, 1e-5)
+    assert mean.dtype == rstd.dtype == torch.float32
+    ref_var, ref_mean = torch.var_mean(
+        x.double().flatten(1), dim=1, correction=0)
+    torch.testing.assert_close(rstd.flatten().double(),
+                               (ref_var + 1e-5).rsqrt(), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize('shape', [(2, 6, 5, 7), (3, 4, 9), (2, 5)])
@@ -123,7 +165,8 @@ def test_group_norm1_off_cpu(monkeypatch, shape):
     x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
     weight = (torch.rand(channels, dtype=torch.float64) + 0.5)
     bias = torch.randn(channels, dtype=torch.float64)
-    for w, b in ((weight, bias), (weight, None), (None, None)):
+    for w, b in ((weight, bias), (weight, None), (None, bias),
+                 (None, None)):
         args = [t.clone().requires_grad_() if t is not None else None
                 for t in (w, b)]
         assert torch.autograd.gradcheck(
@@ -145,7 +188,18 @@ def test_group_norm1_off_cpu(monkeypatch, shape):
             if mine is not None:
                 torch.testing.assert_close(mine.grad, theirs.grad,
                                            rtol=1e-4, atol=1e-5)
-    # Small maps, and the CPU, keep PyTorch's kernels.
+    # No input gradient, and an empty batch.
+    w32 = weight.float().requires_grad_()
+    fast_ops.group_norm(x.detach().float(), 1, w32, None, 1e-5).sum(
+    ).backward()
+    torch.testing.assert_close(
+        w32.grad, F.group_norm(x.detach().float(), 1, None, None,
+                               1e-5).sum(dim=tuple(
+                                   [0] + list(range(2, x.dim())))))
+    assert fast_ops.group_norm(x.detach()[:0], 1, None, None,
+                               1e-5).shape == x[:0].shape
+    # Small maps, other dtypes than the parameters', and the CPU keep
+    # PyTorch's kernels.
     calls = []
     monkeypatch.setattr(fast_ops._GroupNorm1, 'apply',
                         lambda *args: calls.append(args) or args[0])
@@ -154,6 +208,10 @@ def test_group_norm1_off_cpu(monkeypatch, shape):
     assert not calls
     monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', x[0].numel())
     fast_ops.group_norm(x, 1, None, None, 1e-5)
+    assert len(calls) == 1
+    with pytest.raises(RuntimeError, match='mixed dtype'):  # PyTorch's
+        fast_ops.group_norm(x, 1, weight.float(), None, 1e-5)
+    fast_ops.group_norm(x.bfloat16(), 1, None, None, 1e-5)
     assert len(calls) == 1
     monkeypatch.undo()
     assert fast_ops._reduces_per_group(x)

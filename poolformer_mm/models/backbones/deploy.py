@@ -29,10 +29,12 @@ everything except the two sets of statistics folds into constants:
   in other dtypes the same folded block runs on plain PyTorch ops.
 - off the CPU (CUDA): NCHW maps, the statistics from one ``var_mean`` per
   norm (``group_norm`` with one group leaves a GPU nearly idle at
-  detection sizes), the mixer as one ``lerp_`` and ``z2`` as one
-  ``addcmul`` written in the convolutions' dtype; under autocast the
-  residual stream stays float32 and the 1x1 convolutions run in the
-  autocast dtype with weights cast once, as autocast would run the modules.
+  detection sizes), the mixer as one ``lerp_`` (with res-scales a ``mul_``
+  and an ``addcmul_``) and ``z2`` as one ``addcmul`` written in the
+  convolutions' dtype; under autocast the residual stream stays in the
+  parameters' dtype (float32 unless the model was cast) and the 1x1
+  convolutions run in the autocast dtype with weights cast once, as
+  autocast would run the modules.
   ``fc2`` stays unscaled and ``ls2`` is applied in the residual
   ``addcmul_``: folded into the weight it could underflow in float16. On an
   H100, S12 at 2x3x800x1216 fp16: 5.2-7.9 ms against timm's 26.1
@@ -137,9 +139,10 @@ class FoldedBlock:
         act (nn.Module): The MLP's element-wise activation.
         fc2_weight (Tensor): ``ls2 * W2``, shape (C, hidden, 1, 1).
         fc2_bias (Tensor): ``ls2 * c2``, shape (C, ).
-        fc2_unscaled_weight (Tensor): ``W2``, for low-precision
-            convolutions: ``ls2 * W2`` would underflow in float16 with
-            layer scales near their initial 1e-5.
+        fc2_unscaled_weight (Tensor): ``W2`` (the parameter itself), for
+            low-precision convolutions: ``ls2 * W2`` would underflow in
+            float16 with layer scales near their initial 1e-5. Off the CPU
+            only, as the next two.
         fc2_unscaled_bias (Tensor): ``c2``, shape (C, ).
         mlp_scale (Tensor, optional): ``ls2``, shape (1, C, 1, 1); None for
             no layer scale.
@@ -251,9 +254,10 @@ def fold_block(block: nn.Module) -> FoldedBlock:
         fc2_weight=(w2 * ls2[:, None]).to(dtype)[:, :, None,
                                                  None].contiguous(),
         fc2_bias=(c2 * ls2).to(dtype),
-        fc2_unscaled_weight=fc2.weight.detach().clone(),
-        fc2_unscaled_bias=c2.to(dtype),
-        mlp_scale=channel_map(_scale(block.layer_scale2)))
+        **(dict(fc2_unscaled_weight=fc2.weight.detach(),
+                fc2_unscaled_bias=c2.to(dtype),
+                mlp_scale=channel_map(_scale(block.layer_scale2)))
+           if _runs_off_cpu(fc2.weight) else {}))
 
 
 class _Workspace(threading.local):
@@ -339,17 +343,16 @@ def _mixer_(p: FoldedBlock, x: Tensor) -> Tensor:
     """``x = r1 * x + ls1 * g1 * rstd1 * (pool(x) - x)``, in place, on
     CPU."""
     k, r = p.pool_size, p.pool_size // 2
+    _, rstd1 = mean_rstd(x, p.eps1, out=_WORKSPACE.get('a', x))
     if use_onednn(x):
         # One pass (a depthwise convolution with a ones kernel): faster than
         # avg_pool2d and than separable sums on CPU.
-        _, rstd1 = mean_rstd(x, p.eps1, out=_WORKSPACE.get('a', x))
         pooled = window_sum(x.contiguous(memory_format=torch.channels_last),
                             k)
         pooled.mul_(inv_count(x.shape[-2], x.shape[-1], k, x))
     else:
         # Separable window sums into scratch tensors: faster than
         # avg_pool2d on CPU.
-        _, rstd1 = mean_rstd(x, p.eps1, out=_WORKSPACE.get('a', x))
         pooled = box_sum(x, r, _WORKSPACE.get('a', x),
                          _WORKSPACE.get('b', x))
         pooled.mul_(inv_count(x.shape[-2], x.shape[-1], k, x))
@@ -373,15 +376,17 @@ def _folded_block_off_cpu_(p: FoldedBlock, x: Tensor) -> Tensor:
     :class:`.fast_ops._GroupNorm1`).
 
     Under autocast it computes what autocast makes of the modules, the
-    statistics, the pooling and the residual stream in float32 and the 1x1
+    statistics in float32, the pooling and the residual stream in the
+    parameters' dtype (float32 unless the model was cast) and the 1x1
     convolutions in the autocast dtype, with the weights cast once
     (:meth:`FoldedBlock.cast`) instead of at every call.
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         conv_dtype = torch.get_autocast_dtype(device_type)
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
+        # The residual stream of the modules: the layer scale promotes it
+        # to the parameters' dtype.
+        x = x.to(torch.promote_types(x.dtype, p.mix_scale.dtype))
         with torch.autocast(device_type, enabled=False):
             return _off_cpu_block_(p, x, conv_dtype)
     return _off_cpu_block_(p, x, x.dtype)
@@ -393,7 +398,7 @@ def _off_cpu_block_(p: FoldedBlock, x: Tensor,
     k = p.pool_size
     _, rstd1 = group_norm1_stats(x, p.eps1)
     pooled = F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
-    a = rstd1.mul(c.mix_scale)
+    a = rstd1.mul(c.mix_scale).to(x.dtype)
     if c.res_scale1 is None:
         x = x.lerp_(pooled, a)
     else:

@@ -43,11 +43,12 @@ float32 rounding (about 1e-7 relative):
 Elsewhere (CUDA, autocast, other dtypes) the PyTorch operations run
 unchanged, except:
 
-- :func:`group_norm` (used by ``Fp32GroupNorm``): on CUDA a GroupNorm with
-  one group of maps with at least :data:`GROUP_NORM1_MIN_SIZE` elements per
-  sample takes its statistics from one ``var_mean`` (:class:`_GroupNorm1`):
-  PyTorch's kernel reduces each sample in one thread block and was most of
-  the forward time at detection sizes.
+- :func:`group_norm` (used by ``Fp32GroupNorm``): on CUDA a float32
+  GroupNorm with one group of maps with at least
+  :data:`GROUP_NORM1_MIN_SIZE` elements per sample takes its statistics
+  from one ``var_mean`` (:class:`_GroupNorm1`): PyTorch's kernel reduces
+  each sample in one thread block and was most of the forward time at
+  detection sizes.
 
 :func:`plain_ops` turns all of this off (to compare, e.g. in
 ``tools/benchmark.py``).
@@ -485,12 +486,15 @@ def pool_norm_residual(x: Tensor, pool: nn.AvgPool2d, norm: nn.GroupNorm,
 
 
 # ---------------------------------------------------------------------------
-# GroupNorm with one group off the CPU
+# GroupNorm with one group on CUDA
 # ---------------------------------------------------------------------------
 def group_norm1_stats(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     """Mean and ``1 / sqrt(var + eps)`` over all but the first dimension,
-    each of shape (N, 1, ...): one ``var_mean``, a reduction that CUDA
-    spreads over the whole GPU."""
+    each of shape (N, 1, ...), in float32 at least: one ``var_mean``, a
+    reduction that CUDA spreads over the whole GPU. (A float16 variance
+    overflows from a standard deviation of 256 on.)"""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     dims = tuple(range(1, x.dim()))
     var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
     return mean, var.add_(eps).rsqrt_()
@@ -542,9 +546,12 @@ class _GroupNorm1(torch.autograd.Function):
 
 def _reduces_per_group(x: Tensor) -> bool:
     """Whether :func:`group_norm` leaves a one-group norm of ``x`` to
-    PyTorch: on the CPU, where its kernels are fast (and the blocks' fast
-    path takes the token mixer's norm), and with the fast ops off."""
-    return not _ENABLED or x.device.type == 'cpu'
+    PyTorch: off CUDA (on the CPU its kernels are fast, and the blocks'
+    fast path takes the token mixer's norm), with the fast ops off, and
+    while tracing or exporting (the autograd function would be an opaque
+    Python op there)."""
+    return (not _ENABLED or not x.is_cuda or torch.jit.is_tracing()
+            or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
 
 
 # Below this many elements per sample PyTorch's one-block reduction takes
@@ -558,10 +565,15 @@ GROUP_NORM1_MIN_SIZE = 2**20
 
 def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor],
                bias: Optional[Tensor], eps: float) -> Tensor:
-    """``F.group_norm``; with one group off the CPU, for maps of at least
-    :data:`GROUP_NORM1_MIN_SIZE` elements per sample, as
-    :class:`_GroupNorm1`."""
-    if (num_groups != 1 or x.dim() < 2 or _reduces_per_group(x)
-            or x[0].numel() < GROUP_NORM1_MIN_SIZE):
+    """``F.group_norm``; with one group on CUDA, for float32 / float64 maps
+    of at least :data:`GROUP_NORM1_MIN_SIZE` elements per sample and
+    parameters of their dtype (as ``Fp32GroupNorm`` passes them), as
+    :class:`_GroupNorm1`, which has no double backward."""
+    if (num_groups != 1 or x.dim() < 2 or x.numel() == 0
+            or x.dtype not in (torch.float32, torch.float64)
+            or any(t is not None and t.dtype != x.dtype
+                   for t in (weight, bias))
+            or x.shape[1:].numel() < GROUP_NORM1_MIN_SIZE
+            or _reduces_per_group(x)):
         return F.group_norm(x, num_groups, weight, bias, eps)
     return _GroupNorm1.apply(x, weight, bias, eps)

@@ -162,8 +162,9 @@ class PoolFormer(BaseMetaFormer):
         and the pooling; on CPU activations stay channels_last and the
         convolutions run on oneDNN with the activation and the residual
         addition fused, on CUDA the norms' statistics come from one
-        reduction each over the whole GPU (see :mod:`.deploy`). Outputs equal the normal eval
-        path to about 1e-6 relative and are contiguous NCHW tensors.
+        reduction each over the whole GPU (see :mod:`.deploy`). Outputs
+        equal the normal eval path to about 1e-6 relative and are
+        contiguous NCHW tensors.
 
         Parameters and state dict are unchanged: folding happens on the
         first forward and again whenever a parameter changes, so weights
