@@ -2,7 +2,8 @@
 1.x.
 
 Importing this package registers the backbones in both frameworks' ``MODELS``
-registries, so configs can use ``custom_imports=dict(imports=['poolformer_mm'])``.
+registries, so configs can use
+``custom_imports=dict(imports=['poolformer_mm'])``.
 It also registers the training helpers of :mod:`poolformer_mm.engine`
 (``SafeCheckpointHook``, ``CPUDistributedDataParallel``,
 ``AutocastOptimWrapper``) in mmengine's registries.

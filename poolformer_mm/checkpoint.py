@@ -158,7 +158,10 @@ def detect_format(state_dict: Dict[str, Tensor]) -> str:
     """
     keys = set(state_dict)
     bare = {k for k in keys if not k.startswith('backbone.')}
-    backbone = {k[len('backbone.'):] for k in keys if k.startswith('backbone.')}
+    backbone = {
+        k[len('backbone.'):]
+        for k in keys if k.startswith('backbone.')
+    }
     for names, prefixed in ((bare, False), (backbone, True)):
         if any(k.startswith('network.') for k in names):
             if prefixed and 'head.fc.weight' in keys:

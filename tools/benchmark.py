@@ -377,7 +377,6 @@ class Bench:
 
         return run
 
-
     def train_floor(self, only_1x1: bool) -> Callable:
         """Forward and backward of the backbone's convolutions alone, one
         after another, on preallocated inputs and output gradients: 1x1

@@ -1,10 +1,10 @@
 """Report a demo run: its test metric against the demo's goal, and one PNG.
 
-``tools/test.py`` leaves the metrics in ``WORK_DIR/<timestamp>/<timestamp>.json``
-and, with ``--show-dir``, one drawn image per validation image (under the
-run's folder for detection, under the work dir for segmentation). This tool
-prints the metric next to the goal the README promises and tiles the first
-drawn images into a single picture.
+``tools/test.py`` leaves the metrics in
+``WORK_DIR/<timestamp>/<timestamp>.json`` and, with ``--show-dir``, one drawn
+image per validation image (under the run's folder for detection, under the
+work dir for segmentation). This tool prints the metric next to the goal the
+README promises and tiles the first drawn images into a single picture.
 
 Example:
     python tools/demo_summary.py work_dirs/demo/retinanet/test \

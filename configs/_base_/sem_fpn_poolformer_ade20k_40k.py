@@ -6,7 +6,8 @@
 # photometric distortion, reduce_zero_label, data/ade/ADEChallengeData2016.
 _base_ = [
     'mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py'
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_40k.py'
 ]
 
 custom_imports = dict(imports=['poolformer_mm'], allow_failed_imports=False)

@@ -1,4 +1,5 @@
-# Mask R-CNN-PoolFormer-S12 on the built-in demo data (tools/make_demo_data.py):
+# Mask R-CNN-PoolFormer-S12 on the built-in demo data
+# (tools/make_demo_data.py):
 # 600 synthetic 160x160 scenes of four shape classes with polygon masks,
 # trained on a laptop CPU. Only what the demo needs differs from
 # ../mask_rcnn_poolformer_s12.py: the data, the image scale, a short schedule,

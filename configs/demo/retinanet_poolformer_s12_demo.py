@@ -81,7 +81,8 @@ test_evaluator = val_evaluator
 
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 # From scratch a higher rate than fine-tuning's 1e-4 (AdamW, as the paper).
-optim_wrapper = dict(optimizer=dict(lr=1e-3), clip_grad=dict(_delete_=True, max_norm=10))
+optim_wrapper = dict(
+    optimizer=dict(lr=1e-3), clip_grad=dict(_delete_=True, max_norm=10))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
          end=100),

@@ -185,4 +185,3 @@ def set_resume(cfg: Config, resume: Optional[str]) -> None:
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume
-

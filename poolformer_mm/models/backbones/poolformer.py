@@ -221,11 +221,13 @@ class PoolFormer(BaseMetaFormer):
         missing = required - set(arch)
         if missing:
             raise ValueError(f'Custom arch {arch!r} lacks the keys '
-                             f'{sorted(missing)}; required: {sorted(required)}')
+                             f'{sorted(missing)}; required: '
+                             f'{sorted(required)}')
         unknown = set(arch) - required
         if unknown:
-            raise ValueError(f'Custom arch has unknown keys {sorted(unknown)}; '
-                             f'allowed: {sorted(required)}')
+            raise ValueError('Custom arch has unknown keys '
+                             f'{sorted(unknown)}; allowed: '
+                             f'{sorted(required)}')
         arch = dict(arch)
         if isinstance(arch['mlp_ratios'], (int, float)):
             arch['mlp_ratios'] = [arch['mlp_ratios']] * cls.num_stages
