@@ -5,6 +5,7 @@ its table holds, never the timings (those are the benchmark's own output).
 """
 import importlib.util
 import os.path as osp
+import re
 
 import pytest
 from conftest import ROOT
@@ -37,12 +38,40 @@ def test_backbone_variants_and_floors(tmp_path):
     for phase in out['results'].values():
         for timing in phase.values():
             assert timing['median_ms'] > 0
-    table = out['table']
+    table, paired = out['table'].split('# paired by round')
     assert '| PoolFormer, switch_to_deploy() |' in table
     # The train floor is a column of its own: every row has 11 cells.
     rows = [line for line in table.splitlines() if line.startswith('| ')]
     assert all(row.count('|') == 12 for row in rows), rows
+    # One round: the paired ratio is that round's, without quartiles.
+    paired_rows = {
+        line.split(' | ')[0][2:]: line
+        for line in paired.splitlines() if line.startswith('| ')
+    }
+    assert 'timm forward_intermediates' not in paired_rows
+    ratio = r'[0-9]+\.[0-9]{2}x'
+    assert re.fullmatch(rf'\| PoolFormer \(default\) \| {ratio} \| {ratio} \|',
+                        paired_rows['PoolFormer (default)'])
+    assert re.fullmatch(
+        rf'\| PoolFormer, switch_to_deploy\(\) \| {ratio} \| - \|',
+        paired_rows['PoolFormer, switch_to_deploy()'])
+    for phase in out['results'].values():
+        for timing in phase.values():
+            assert len(timing['wall_ms']) == 1
     assert osp.isfile(tmp_path / 'result.json')
+
+
+def test_paired_ratio():
+    benchmark = load_benchmark()
+    base = dict(wall_ms=[10., 10., 10., 10., 10.])
+    # Per round 2, 1, 2, 1, 2.5: median 2, quartiles 1 and 2.25.
+    timing = dict(wall_ms=[5., 10., 5., 10., 4.])
+    assert benchmark.paired_ratio(base, timing) == '2.00x [1.00-2.25]'
+    # Under four rounds the median alone.
+    assert benchmark.paired_ratio(
+        dict(wall_ms=[10., 30.]), dict(wall_ms=[5., 10.])) == '2.50x'
+    assert benchmark.paired_ratio(None, timing) == '-'
+    assert benchmark.paired_ratio(base, None) == '-'
 
 
 def test_metaformer_rows_go_by_their_arch():

@@ -19,8 +19,11 @@ in one process with alternating repetitions (medians):
   MMDetection and mmcv's ops).
 
 Ratios are against timm default (``> 1`` is faster / smaller) and against the
-floor. The load average before and after the run is printed: timings taken
-on a busy machine are not comparable.
+floor. A second table gives the ratios to timm default paired by round
+(timm's time over the variant's in the same round, median and quartiles over
+the rounds): the machine's speed drifts between rounds, and the pairs, taken
+a moment apart, cancel most of that. The load average before and after the
+run is printed: timings taken on a busy machine are not comparable.
 
 Examples:
     python tools/benchmark.py --arch s12 --size 512 512 --threads 2
@@ -429,7 +432,8 @@ def time_alternating(fns: Dict[str, Callable], reps: int, warmup: int,
                      device: str) -> Dict[str, Dict[str, float]]:
     """Run every callable ``warmup`` times, then ``reps`` rounds in which
     each runs once (the order rotating from round to round). Returns the
-    median and minimum wall time and the median process CPU time in ms."""
+    median and minimum wall time, the median process CPU time and the wall
+    time of every round (``wall_ms``, in round order), in ms."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -449,7 +453,8 @@ def time_alternating(fns: Dict[str, Callable], reps: int, warmup: int,
         n: dict(
             median_ms=statistics.median(wall[n]),
             min_ms=min(wall[n]),
-            cpu_ms=statistics.median(cpu[n]))
+            cpu_ms=statistics.median(cpu[n]),
+            wall_ms=wall[n])
         for n in names
     }
 
@@ -607,6 +612,23 @@ def ratio(base: Optional[float], value: Optional[float]) -> str:
     return f'{base / value:.2f}x'
 
 
+def paired_ratio(base: Optional[dict], timing: Optional[dict]) -> str:
+    """Median and quartiles over the rounds of ``base``'s wall time over
+    ``timing``'s in the same round (both from one
+    :func:`time_alternating`)."""
+    if not base or not timing:
+        return '-'
+    ratios = [b / t for b, t in zip(base['wall_ms'], timing['wall_ms'])
+              if t > 0]
+    if not ratios:
+        return '-'
+    text = f'{statistics.median(ratios):.2f}x'
+    if len(ratios) >= 4:
+        low, _, high = statistics.quantiles(ratios, n=4)
+        text += f' [{low:.2f}-{high:.2f}]'
+    return text
+
+
 def report(args, info, results, memory, det, deploy_cache=None) -> str:
     lines = []
     h, w = args.size
@@ -653,21 +675,38 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
     if memory.get(('ours', 'train')) and memory.get(('with_cp', 'train')):
         share = memory[('with_cp', 'train')] / memory[('ours', 'train')]
         lines.append(f'with_cp / default train peak memory: {share:.2f}')
+    paired = []
+    for name in BACKBONE_VARIANTS:
+        if name == 'timm' or (name not in ev and 'train_' + name not in tr):
+            continue
+        paired_train = paired_ratio(tr.get('train_timm'),
+                                    tr.get('train_' + name))
+        paired.append(f'| {label(name, args.arch)} | '
+                      f'{paired_ratio(ev.get("timm"), ev.get(name))} | '
+                      f'{paired_train} |')
+    if paired and ('timm' in ev or 'train_timm' in tr):
+        lines += [
+            '', '# paired by round: timm default time / variant time in '
+            'the same round, median [quartiles] over the rounds',
+            '| variant | eval vs timm, paired | train vs timm, paired |',
+            '| --- | --- | --- |'
+        ] + paired
     if det:
         dh, dw = args.detector_size
         base = det.get('r50', {}).get('median_ms')
         lines.append('')
         lines.append(f'# detector inference, one {dh}x{dw} image '
                      '(test_step: preprocessing, backbone, neck, head, NMS)')
-        lines += ['| model | ms | cpu ms | vs R50 |',
-                  '| --- | --- | --- | --- |']
+        lines += ['| model | ms | cpu ms | vs R50 | vs R50, paired |',
+                  '| --- | --- | --- | --- | --- |']
         for name in ('r50', 'det_ours', 'det_deploy'):
             if name in det:
                 d = det[name]
                 lines.append(f'| {label(name, args.arch)} | '
                              f'{fmt(d["median_ms"])} | '
                              f'{fmt(d["cpu_ms"])} | '
-                             f'{ratio(base, d["median_ms"])} |')
+                             f'{ratio(base, d["median_ms"])} | '
+                             f'{paired_ratio(det.get("r50"), d)} |')
     return '\n'.join(lines)
 
 
