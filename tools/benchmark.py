@@ -429,7 +429,7 @@ class Bench:
 # Timing
 # ---------------------------------------------------------------------------
 def time_alternating(fns: Dict[str, Callable], reps: int, warmup: int,
-                     device: str) -> Dict[str, Dict[str, float]]:
+                     device: str) -> Dict[str, dict]:
     """Run every callable ``warmup`` times, then ``reps`` rounds in which
     each runs once (the order rotating from round to round). Returns the
     median and minimum wall time, the median process CPU time and the wall
