@@ -649,6 +649,7 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
               'train ms | train cpu ms | vs timm | / floor | eval peak MiB | '
               'train peak MiB |')
     lines += [header, '|' + ' --- |' * 11]
+    paired = []
     for name in BACKBONE_VARIANTS:
         e = ev.get(name, {}).get('median_ms')
         c = ev.get(name, {}).get('cpu_ms')
@@ -664,6 +665,12 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
             f'{fmt(t)} | {fmt(tc)} | {ratio(base_t, t)} | '
             f'{fmt(t / train_floor, ".2f") if t and train_floor else "-"} | '
             f'{fmt(me)} | {fmt(mt)} |')
+        if name != 'timm' and (e is not None or t is not None):
+            paired_train = paired_ratio(tr.get('train_timm'),
+                                        tr.get('train_' + name))
+            paired.append(f'| {label(name, args.arch)} | '
+                          f'{paired_ratio(ev.get("timm"), ev.get(name))} | '
+                          f'{paired_train} |')
     if floor is not None or train_floor is not None:
         lines.append('(vs timm: timm default time / variant time, > 1 is '
                      'faster; / floor: variant time / time of the 1x1 '
@@ -675,15 +682,6 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
     if memory.get(('ours', 'train')) and memory.get(('with_cp', 'train')):
         share = memory[('with_cp', 'train')] / memory[('ours', 'train')]
         lines.append(f'with_cp / default train peak memory: {share:.2f}')
-    paired = []
-    for name in BACKBONE_VARIANTS:
-        if name == 'timm' or (name not in ev and 'train_' + name not in tr):
-            continue
-        paired_train = paired_ratio(tr.get('train_timm'),
-                                    tr.get('train_' + name))
-        paired.append(f'| {label(name, args.arch)} | '
-                      f'{paired_ratio(ev.get("timm"), ev.get(name))} | '
-                      f'{paired_train} |')
     if paired and ('timm' in ev or 'train_timm' in tr):
         lines += [
             '', '# paired by round: timm default time / variant time in '
