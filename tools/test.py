@@ -15,8 +15,8 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 
-from poolformer_mm.utils import (build_runner, close_distributed,
-                                 load_config)
+from poolformer_mm.engine.distributed import close_distributed
+from poolformer_mm.engine.tool_config import build_runner, load_config
 
 
 def parse_args(argv=None):
@@ -55,8 +55,9 @@ def parse_args(argv=None):
     parser.add_argument(
         '--deploy',
         action='store_true',
-        help='test on the inference fast path: switch_to_deploy() on the '
-        'backbone after the checkpoint is loaded')
+        help='test on the inference fast path: adds SwitchToDeployHook '
+        '(switch_to_deploy() on the backbone after the checkpoint is loaded) '
+        'to custom_hooks')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -106,10 +107,13 @@ def main(argv=None):
     if args.out is not None and cfg.default_scope == 'mmseg':
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
-    runner = build_runner(cfg)
     if args.deploy:
-        from poolformer_mm.utils.deploy import SwitchToDeployHook
-        runner.register_hook(SwitchToDeployHook())
+        # Registered by poolformer_mm.engine; switches after the checkpoint
+        # is loaded.
+        cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
+            dict(type='SwitchToDeployHook')
+        ]
+    runner = build_runner(cfg)
     if args.out is not None and cfg.default_scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         if not args.out.endswith(('.pkl', '.pickle')):

@@ -1,6 +1,8 @@
 """Train a detector or segmentor from a config (MMDetection's options).
 
-The config's default_scope (mmdet or mmseg) decides which framework runs it.
+The config's default_scope (mmdet or mmseg) decides which framework runs it,
+and its runner_type which runner (configs/_base_ name SafeRunner, so this
+tool and MMDetection's / MMSegmentation's tools/train.py run the same thing).
 
 Example:
     python tools/train.py configs/retinanet_poolformer_s12.py
@@ -10,9 +12,10 @@ import os
 
 from mmengine.config import DictAction
 
-from poolformer_mm.utils import (build_runner, close_distributed,
-                                 enable_amp, enable_auto_scale_lr,
-                                 load_config, set_resume)
+from poolformer_mm.engine.distributed import close_distributed
+from poolformer_mm.engine.tool_config import (build_runner, enable_amp,
+                                              enable_auto_scale_lr,
+                                              load_config, set_resume)
 
 
 def parse_args(argv=None):
@@ -23,7 +26,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--amp',
         action='store_true',
-        help='enable automatic mixed precision training')
+        help='enable automatic mixed precision training (without CUDA: '
+        'bfloat16 autocast on the CPU)')
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
@@ -34,7 +38,7 @@ def parse_args(argv=None):
         type=str,
         const='auto',
         help='resume from the given checkpoint, or without a value from the '
-        'latest checkpoint in the work dir')
+        'latest complete checkpoint in the work dir')
     parser.add_argument(
         '--cfg-options',
         nargs='+',

@@ -6,6 +6,8 @@
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
 
 custom_imports = dict(imports=['poolformer_mm'], allow_failed_imports=False)
+# Safe checkpoint loading and resume, multi-process CPU runs (poolformer_mm).
+runner_type = 'SafeRunner'
 
 model = dict(
     backbone=dict(
@@ -28,3 +30,5 @@ model = dict(
 optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, weight_decay=1e-4),
     clip_grad=None)
+# CheckpointHook's options, with atomic writes (poolformer_mm).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

@@ -11,6 +11,8 @@ _base_ = [
 ]
 
 custom_imports = dict(imports=['poolformer_mm'], allow_failed_imports=False)
+# Safe checkpoint loading and resume, multi-process CPU runs (poolformer_mm).
+runner_type = 'SafeRunner'
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
@@ -46,8 +48,9 @@ param_scheduler = [
         by_epoch=False)
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=40000, val_interval=4000)
+# CheckpointHook's options, with atomic writes (poolformer_mm).
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000))
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=4000))
 
 train_dataloader = dict(batch_size=4)
 # The original resizes test images to a multiple of 32 after the 2048x512

@@ -1,12 +1,30 @@
-"""Training-time pieces that mmengine lacks for safe resume, CPU
-multi-process training and CPU mixed precision. Importing this package
-registers them in mmengine's root registries (HOOKS, MODEL_WRAPPERS,
-OPTIM_WRAPPERS), which MMDetection's and MMSegmentation's fall back to."""
-from .checkpoint_hook import SafeCheckpointHook
+"""The training runtime that the configs name: a runner, hooks, a
+distributed wrapper and an optimizer wrapper for what mmengine lacks (safe
+resume, crash-safe checkpoints, multi-process training and mixed precision on
+CPUs, the deploy switch for testing).
+
+Importing this package registers them in mmengine's root registries (RUNNERS,
+HOOKS, MODEL_WRAPPERS, OPTIM_WRAPPERS), which MMDetection's and
+MMSegmentation's fall back to. Modules:
+
+- :mod:`.runner`: :class:`SafeRunner` and how it finds the checkpoint to
+  resume from;
+- :mod:`.hooks`: :class:`SafeCheckpointHook`, :class:`SwitchToDeployHook`;
+- :mod:`.safe_loading`: the ``torch.load`` allowlist for mmengine training
+  checkpoints;
+- :mod:`.distributed`: :class:`CPUDistributedDataParallel` and the gloo
+  process group;
+- :mod:`.optim_wrapper`: :class:`AutocastOptimWrapper`;
+- :mod:`.tool_config`: what ``tools/train.py`` and ``tools/test.py`` share.
+"""
 from .distributed import CPUDistributedDataParallel, init_cpu_process_group
+from .hooks import SafeCheckpointHook, SwitchToDeployHook
 from .optim_wrapper import AutocastOptimWrapper
+from .runner import SafeRunner
+from .safe_loading import load_training_checkpoint
 
 __all__ = [
     'AutocastOptimWrapper', 'CPUDistributedDataParallel', 'SafeCheckpointHook',
-    'init_cpu_process_group'
+    'SafeRunner', 'SwitchToDeployHook', 'init_cpu_process_group',
+    'load_training_checkpoint'
 ]

@@ -3,10 +3,11 @@
 mmengine 0.10 assumes a GPU per process: ``init_dist`` calls
 ``torch.cuda.set_device`` and ``Runner.wrap_model`` passes
 ``device_ids=[LOCAL_RANK]`` to DistributedDataParallel, which torch rejects
-for CPU modules. Without CUDA the tools therefore open the gloo process group
-themselves (:func:`init_cpu_process_group`, before the runner exists, so
-mmengine skips its own ``init_dist``) and wrap the model with
-:class:`CPUDistributedDataParallel`. With CUDA nothing here is used.
+for CPU modules. On a machine without an accelerator,
+:class:`~poolformer_mm.engine.SafeRunner` therefore opens the gloo process
+group itself (:func:`init_cpu_process_group`, before mmengine's ``init_dist``
+would run) and wraps the model with :class:`CPUDistributedDataParallel`
+(:func:`cpu_model_wrapper_cfg`). With CUDA nothing here is used.
 """
 import logging
 import os
@@ -14,6 +15,7 @@ from datetime import timedelta
 from typing import Optional
 
 import torch.distributed as torch_dist
+from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
@@ -84,3 +86,49 @@ def init_cpu_process_group(launcher: str,
     if timeout is not None:
         kwargs['timeout'] = timedelta(seconds=timeout)
     torch_dist.init_process_group(backend=backend, **kwargs)
+
+
+def cpu_model_wrapper_cfg(model_wrapper_cfg: Optional[dict],
+                          find_unused_parameters: bool = False
+                          ) -> Optional[dict]:
+    """The ``model_wrapper_cfg`` of a multi-process run on CPUs.
+
+    mmengine's DDP wrappers (none given, or ``MMDistributedDataParallel``)
+    become :class:`CPUDistributedDataParallel` with the same options;
+    ``broadcast_buffers`` defaults to False and ``find_unused_parameters`` to
+    the config's top-level value, as mmengine's own default wrapper has them.
+    Other wrappers (e.g. FSDP) are returned unchanged.
+
+    Args:
+        model_wrapper_cfg (dict, optional): The config's
+            ``model_wrapper_cfg``.
+        find_unused_parameters (bool): The config's
+            ``find_unused_parameters``. Defaults to False.
+
+    Returns:
+        dict | None: A new dict, or ``model_wrapper_cfg`` itself if it is
+        left alone.
+    """
+    wrapper = ConfigDict(model_wrapper_cfg or {})
+    wrapper_type = wrapper.get('type', 'MMDistributedDataParallel')
+    if wrapper_type not in ('MMDistributedDataParallel',
+                            MMDistributedDataParallel,
+                            'CPUDistributedDataParallel',
+                            CPUDistributedDataParallel):
+        return model_wrapper_cfg
+    wrapper.type = 'CPUDistributedDataParallel'
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', find_unused_parameters)
+    return wrapper
+
+
+def close_distributed() -> None:
+    """Leave the process group at the end of a multi-process run.
+
+    Without it the interpreter can exit while gloo's threads still run;
+    torchrun then sees a rank die with SIGABRT ("terminate called without an
+    active exception") after the work is done, and reports the run failed.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()

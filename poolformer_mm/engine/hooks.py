@@ -1,21 +1,29 @@
-"""A CheckpointHook whose checkpoints survive a kill at any moment.
+"""Hooks that the configs name: crash-safe checkpoints and the deploy switch.
 
-mmengine's ``CheckpointHook`` writes ``epoch_N.pth`` in place, rewrites the
-``last_checkpoint`` pointer in place and, with ``max_keep_ckpts``, deletes the
-oldest checkpoint *before* writing the new one. A job killed while saving can
-leave a torn newest file, an empty pointer, or (with ``max_keep_ckpts=1``) no
-checkpoint at all. :class:`SafeCheckpointHook` keeps the same options and file
-names but writes every file under a temporary name, flushes it to disk and
-renames it into place (an atomic step on POSIX file systems), updates the
-pointer the same way, and deletes old checkpoints only after that.
+:class:`SafeCheckpointHook` (``default_hooks.checkpoint`` of the
+``configs/_base_`` files): mmengine's ``CheckpointHook`` writes
+``epoch_N.pth`` in place, rewrites the ``last_checkpoint`` pointer in place
+and, with ``max_keep_ckpts``, deletes the oldest checkpoint *before* writing
+the new one. A job killed while saving can leave a torn newest file, an empty
+pointer, or (with ``max_keep_ckpts=1``) no checkpoint at all. This hook keeps
+the same options and file names but writes every file under a temporary
+name, flushes it to disk and renames it into place (an atomic step on POSIX
+file systems), updates the pointer the same way, and deletes old checkpoints
+only after that.
+
+:class:`SwitchToDeployHook` (added by ``tools/test.py --deploy``, or by a
+config's ``custom_hooks``) switches the model to its inference fast path
+after the runner has loaded the checkpoint.
 """
 import os
 import os.path as osp
 from typing import List
 
+import torch.nn as nn
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
-from mmengine.hooks import CheckpointHook
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
 PART_SUFFIX = '.part'
@@ -125,3 +133,54 @@ class SafeCheckpointHook(CheckpointHook):
             osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
         for old_step in outdated:
             self._remove_checkpoint(old_step)
+
+
+def switch_model_to_deploy(model: nn.Module) -> List[str]:
+    """Call ``switch_to_deploy()`` on every outermost submodule of ``model``
+    (``model`` included) that has it.
+
+    Args:
+        model (nn.Module): A detector, segmentor or backbone.
+
+    Returns:
+        list[str]: Names of the switched modules ('' for ``model``).
+
+    Raises:
+        RuntimeError: No module has ``switch_to_deploy``.
+    """
+    switched: List[str] = []
+    for name, module in model.named_modules():
+        if any(name == s or name.startswith(s + '.') for s in switched if s):
+            continue
+        if '' in switched:
+            break
+        if callable(getattr(module, 'switch_to_deploy', None)):
+            module.switch_to_deploy()
+            switched.append(name)
+    if not switched:
+        raise RuntimeError(
+            f'No module of {type(model).__name__} has switch_to_deploy(); '
+            '--deploy needs a backbone with an inference fast path, such as '
+            'PoolFormer')
+    return switched
+
+
+@HOOKS.register_module()
+class SwitchToDeployHook(Hook):
+    """Switch the model to its inference fast path before testing.
+
+    The runner loads the checkpoint in ``Runner.test()``
+    (``load_or_resume``), right before the test loop calls the
+    ``before_test`` hooks, so the switch happens there: modules with a
+    ``switch_to_deploy`` method that folds weights (e.g. re-parameterised
+    blocks) need the loaded weights first.
+    """
+
+    priority = 'LOWEST'
+
+    def before_test(self, runner) -> None:
+        names = switch_model_to_deploy(runner.model)
+        print_log(
+            'Switched to the deploy (inference) path: ' +
+            ', '.join(n or type(runner.model).__name__ for n in names),
+            logger='current')

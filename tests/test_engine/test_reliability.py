@@ -1,8 +1,11 @@
 """Checkpoints that survive crashes, resume on torch >= 2.6, unsafe pickles.
 
 The end-to-end tests train the tiny demo config (tests/tiny_demo.py: 2
-epochs of 4 iterations at 64x64, deterministic) through tools/train.py.
+epochs of 4 iterations at 64x64, deterministic) through tools/train.py, and
+through MMDetection's own tools/train.py, which runs the same runner and
+hooks because the configs name them.
 """
+import json
 import os
 import os.path as osp
 import pickle
@@ -16,14 +19,17 @@ import numpy as np
 import pytest
 import torch
 from mmengine.logging import HistoryBuffer, MessageHub
+from mmengine.model import BaseModel
+from mmengine.optim import OptimWrapper
+from mmengine.registry import DefaultScope
 
-from conftest import TOOLS, run_tool
-from poolformer_mm.checkpoint import CheckpointError
-from poolformer_mm.engine.checkpoint_hook import PART_SUFFIX
-from poolformer_mm.utils.training_checkpoint import (checkpoint_is_complete,
-                                                     find_resumable_checkpoint,
-                                                     guard_checkpoint_loading,
-                                                     load_training_checkpoint)
+from conftest import ROOT, TOOLS, run_tool
+from poolformer_mm.engine.hooks import PART_SUFFIX
+from poolformer_mm.engine.runner import (SafeRunner, check_optimizer_state,
+                                         checkpoint_is_complete,
+                                         find_resumable_checkpoint)
+from poolformer_mm.engine.safe_loading import load_training_checkpoint
+from poolformer_mm.pretrained import CheckpointError
 from tiny_demo import state_dict, write_tiny_config
 
 EPOCHS = 2
@@ -258,15 +264,16 @@ def test_unsafe_checkpoint_is_refused(payload, what, tmp_path, capsys):
     assert 'pwned' not in capsys.readouterr().out
 
 
-class FakeRunner:
-    """Just what guard_checkpoint_loading wraps."""
+class ToyModel(BaseModel):
+    """What SafeRunner needs of a model, with the weights of
+    mmengine_like_checkpoint()."""
 
-    def load_checkpoint(self, filename, map_location='cpu'):
-        from mmengine.runner.checkpoint import _load_checkpoint
-        return _load_checkpoint(filename, map_location=map_location)
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2))
 
-    def resume(self, filename):
-        self.loaded = self.load_checkpoint(filename)
+    def forward(self, inputs=None, data_samples=None, mode='tensor'):
+        return self.w
 
 
 def test_runner_loading_is_guarded(tmp_path):
@@ -276,13 +283,111 @@ def test_runner_loading_is_guarded(tmp_path):
     torch.save(checkpoint, tmp_path / 'evil.pth')
     data = (tmp_path / 'good.pth').read_bytes()
     (tmp_path / 'torn.pth').write_bytes(data[:len(data) // 2])
-    runner = FakeRunner()
-    with pytest.raises(pickle.UnpicklingError):
-        runner.load_checkpoint(str(tmp_path / 'good.pth'))
-    guard_checkpoint_loading(runner)
-    assert runner.load_checkpoint(str(tmp_path /
-                                      'good.pth'))['meta']['iter'] == 4
-    with pytest.raises(CheckpointError, match='arbitrary code'):
-        runner.load_checkpoint(str(tmp_path / 'evil.pth'))
-    with pytest.raises(CheckpointError, match=r'torn\.pth.*truncated'):
-        runner.load_checkpoint(str(tmp_path / 'torn.pth'))
+    # The runner makes its scope the current one; later tests expect none.
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        runner = SafeRunner(model=ToyModel(), work_dir=str(tmp_path / 'work'))
+        assert runner.load_checkpoint(str(tmp_path /
+                                          'good.pth'))['meta']['iter'] == 4
+        assert torch.equal(runner.model.w, torch.ones(2))
+        with pytest.raises(CheckpointError, match='arbitrary code'):
+            runner.load_checkpoint(str(tmp_path / 'evil.pth'))
+        with pytest.raises(CheckpointError, match=r'torn\.pth.*truncated'):
+            runner.load_checkpoint(str(tmp_path / 'torn.pth'))
+
+
+def test_optimizer_state_must_fit_the_parameters():
+    from types import SimpleNamespace
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 4))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 2)).sum().backward()
+    optimizer.step()
+    runner = SimpleNamespace(model=model,
+                             optim_wrapper=OptimWrapper(optimizer=optimizer))
+    check_optimizer_state(runner, 'ok.pth')
+    # What loading the state of a model with another parameter order gives.
+    first, second = model[0].weight, model[1].weight
+    state = optimizer.state
+    state[first], state[second] = state[second], state[first]
+    with pytest.raises(CheckpointError,
+                       match=r"'exp_avg' has shape \(4, 3\) where the model "
+                       r'parameter 0.weight has \(3, 2\)'):
+        check_optimizer_state(runner, 'other.pth')
+
+
+# Imported by MMDetection's tools/train.py through custom_imports: records
+# which runner and hooks it runs.
+RECORD_RUNNER = '''
+import json, os.path as osp
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class RecordRunner(Hook):
+
+    def before_train(self, runner):
+        with open(osp.join(runner.work_dir, 'runner.jsonl'), 'a') as f:
+            f.write(json.dumps(dict(
+                runner=type(runner).__name__,
+                hooks=[type(h).__name__ for h in runner.hooks])) + '\\n')
+'''
+
+
+def mmdet_train_script():
+    import mmdet
+    script = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
+                      'train.py')
+    if not osp.isfile(script):
+        pytest.skip(f'{script} is not installed with mmdet')
+    return script
+
+
+def test_mmdetection_train_tool_runs_the_same(demo_data, reference,
+                                              tmp_path):
+    """MMDetection's tools/train.py builds SafeRunner and SafeCheckpointHook
+    from the config, and its --resume continues to the weights of the
+    uninterrupted run of our tools/train.py."""
+    script = mmdet_train_script()
+    (tmp_path / 'record_runner.py').write_text(RECORD_RUNNER)
+    config = write_tiny_config(
+        tmp_path / 'tiny.py',
+        demo_data,
+        EPOCHS,
+        imports=('poolformer_mm', 'record_runner'),
+        extra='custom_hooks = [dict(type="RecordRunner")]')
+    work = tmp_path / 'work'
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(tmp_path), os.environ.get('PYTHONPATH', '')]))
+
+    def train(*args):
+        result = subprocess.run(
+            [sys.executable, script, config, '--work-dir',
+             str(work)] + list(args),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600)
+        assert result.returncode == 0, (result.stdout[-3000:] +
+                                        result.stderr[-3000:])
+        return result.stdout + result.stderr
+
+    train('--cfg-options', 'train_cfg.max_epochs=1')
+    assert not (work / f'epoch_{EPOCHS}.pth').exists()
+    output = train('--resume')
+    assert 'Resuming from ' + str(work / 'epoch_1.pth') in output
+    assert 'resumed epoch: 1' in output
+    runs = [
+        json.loads(line)
+        for line in (work / 'runner.jsonl').read_text().splitlines()
+    ]
+    assert len(runs) == 2
+    for run in runs:
+        assert run['runner'] == 'SafeRunner'
+        assert 'SafeCheckpointHook' in run['hooks']
+        assert 'CheckpointHook' not in run['hooks']
+    assert_same_weights(work / f'epoch_{EPOCHS}.pth',
+                        reference / f'epoch_{EPOCHS}.pth')
+    shutil.rmtree(work)

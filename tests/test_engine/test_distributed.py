@@ -12,7 +12,8 @@ import torch
 from mmengine.config import Config
 
 from conftest import CONFIGS, ROOT, TOOLS
-from poolformer_mm.utils import load_config
+from poolformer_mm.engine import SafeRunner
+from poolformer_mm.engine.tool_config import load_config
 from tiny_demo import assert_finite_losses, write_tiny_config
 
 # Imported by every training process through custom_imports: each rank saves
@@ -137,33 +138,68 @@ def project_configs():
 
 
 @pytest.mark.parametrize('name', project_configs())
-def test_no_config_asks_for_unused_parameters(name):
+def test_every_config_names_what_runs(name):
+    """The runner and checkpoint hook that the tools used to substitute are
+    in the configs, so MMDetection's / MMSegmentation's tools run them too;
+    and no config asks DDP to look for unused parameters."""
     cfg = Config.fromfile(osp.join(CONFIGS, name))
+    assert cfg.runner_type == 'SafeRunner'
+    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
     assert not cfg.get('find_unused_parameters', False)
     assert not (cfg.get('model_wrapper_cfg') or {}).get(
         'find_unused_parameters', False)
 
 
-def test_load_config_for_cpu_processes(monkeypatch):
+def test_load_config_rewrites_nothing(monkeypatch):
     config = osp.join(CONFIGS, 'retinanet_poolformer_s12.py')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     cfg = load_config(config, launcher='pytorch')
-    assert cfg.model_wrapper_cfg == dict(
-        type='CPUDistributedDataParallel',
-        broadcast_buffers=False,
-        find_unused_parameters=False)
-    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
-    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
-    # One process: nothing to wrap.
-    assert load_config(config).get('model_wrapper_cfg') is None
-
-
-def test_load_config_leaves_gpus_alone(monkeypatch):
-    config = osp.join(CONFIGS, 'retinanet_poolformer_s12.py')
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    cfg = load_config(config, launcher='pytorch')
+    expected = Config.fromfile(config)
     assert cfg.get('model_wrapper_cfg') is None
-    assert cfg.env_cfg.dist_cfg.backend == 'nccl'
+    assert cfg.env_cfg == expected.env_cfg  # nccl: SafeRunner picks gloo
+    assert cfg.default_hooks == expected.default_hooks
+    assert cfg.runner_type == 'SafeRunner' and cfg.launcher == 'pytorch'
+
+
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+def test_safe_runner_wrapper_for_cpu_processes(monkeypatch, device):
+    """What SafeRunner.wrap_model hands to mmengine's: without an
+    accelerator CPUDistributedDataParallel in place of mmengine's DDP
+    wrapper (broadcast_buffers False unless the config says otherwise),
+    with CUDA the config's wrapper unchanged."""
+    from mmengine.logging import MMLogger
+    from mmengine.runner import Runner
+
+    from poolformer_mm.engine import runner as runner_module
+    monkeypatch.setattr(runner_module, 'get_device', lambda: device)
+    handed = []
+    monkeypatch.setattr(Runner, 'wrap_model',
+                        lambda self, cfg, model: handed.append(cfg))
+    # Only the attributes wrap_model reads, without building a runner.
+    runner = object.__new__(SafeRunner)
+    runner._distributed = True
+    runner.cfg = Config(dict(find_unused_parameters=False))
+    runner.logger = MMLogger.get_current_instance()
+    given = [
+        None,
+        dict(type='MMDistributedDataParallel', broadcast_buffers=True),
+        dict(type='MMFullyShardedDataParallel')
+    ]
+    for cfg in given:
+        runner.wrap_model(cfg, torch.nn.Linear(2, 2))
+    if device == 'cuda':
+        assert handed == given
+        return
+    assert handed == [
+        dict(
+            type='CPUDistributedDataParallel',
+            broadcast_buffers=False,
+            find_unused_parameters=False),
+        dict(
+            type='CPUDistributedDataParallel',
+            broadcast_buffers=True,
+            find_unused_parameters=False), given[2]
+    ]
 
 
 def test_cpu_wrapper_drops_device_ids_and_sync_bn(monkeypatch):

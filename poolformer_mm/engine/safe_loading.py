@@ -1,23 +1,19 @@
-"""Loading and finding the training checkpoints that mmengine writes, safely.
+"""The torch.load allowlist for mmengine training checkpoints.
 
 Since torch 2.6 ``torch.load`` unpickles with ``weights_only=True`` unless told
 otherwise, and mmengine 0.10 relies on that default. Its training checkpoints
 hold more than tensors: the message hub keeps ``HistoryBuffer`` objects with
 numpy arrays, numpy scalars and references to the buffer's statistics methods.
 Resuming therefore fails on current torch. This module allows exactly those
-types, and only while the tools load a checkpoint
-(:func:`allow_mmengine_types`); the weights-only rule itself stays on, and
-pretrained weights (:mod:`poolformer_mm.checkpoint`) are read without these
+types, and only while a checkpoint is being read
+(:func:`safe_checkpoint_loading`, used by
+:class:`~poolformer_mm.engine.SafeRunner` and
+:func:`load_training_checkpoint`); the weights-only rule itself stays on, and
+pretrained weights (:mod:`poolformer_mm.pretrained`) are read without these
 extra types.
-
-It also finds the checkpoint to resume from (:func:`find_resumable_checkpoint`)
-without trusting a file that a crash may have left torn.
 """
 import contextlib
 import functools
-import logging
-import os
-import os.path as osp
 import pickle
 import re
 import zipfile
@@ -25,15 +21,12 @@ from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from mmengine.logging import HistoryBuffer, print_log
+from mmengine.logging import HistoryBuffer
 
-from ..checkpoint import CheckpointError
+from ..pretrained import CheckpointError
 
-LAST_CHECKPOINT = 'last_checkpoint'
 # HistoryBuffer's built-in statistics (registered when a buffer is created).
 _DEFAULT_STATISTICS = ('min', 'max', 'current', 'mean')
-# File names CheckpointHook gives its checkpoints by default.
-_CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
 
 
 def _history_buffer_attribute(obj: object, name: str) -> Callable:
@@ -155,7 +148,7 @@ def load_training_checkpoint(filename: str,
         CheckpointError: Torn or not a checkpoint, or needs unsafe globals.
     """
     from mmengine.runner.checkpoint import _load_checkpoint
-    with allow_mmengine_types(filename), _readable(filename):
+    with safe_checkpoint_loading(filename):
         return _load_checkpoint(filename, map_location=map_location)
 
 
@@ -178,144 +171,13 @@ def _readable(filename: str) -> Iterator[None]:
             f'PyTorch file): {exc}') from exc
 
 
-def guard_checkpoint_loading(runner) -> None:
-    """Make ``runner`` load checkpoints (``load_from``, ``resume``) with
-    :func:`allow_mmengine_types` and readable errors.
+@contextlib.contextmanager
+def safe_checkpoint_loading(filename: str) -> Iterator[None]:
+    """Read a training checkpoint inside: :func:`allow_mmengine_types`, and
+    a :class:`CheckpointError` that names the file for a torn or foreign one.
 
-    Only this runner's ``load_checkpoint`` is wrapped (``resume`` goes
-    through it too); torch's global defaults are left alone.
+    Args:
+        filename (str): The file being loaded, for the messages.
     """
-    load_checkpoint = runner.load_checkpoint
-    if getattr(load_checkpoint, '_poolformer_mm_guarded', False):
-        return
-
-    @functools.wraps(load_checkpoint)
-    def guarded(filename, *args, **kwargs):
-        with allow_mmengine_types(filename), _readable(filename):
-            return load_checkpoint(filename, *args, **kwargs)
-
-    guarded._poolformer_mm_guarded = True
-    runner.load_checkpoint = guarded
-
-    resume = runner.resume
-
-    @functools.wraps(resume)
-    def checked_resume(filename, *args, **kwargs):
-        resume(filename, *args, **kwargs)
-        check_optimizer_state(runner, filename)
-
-    runner.resume = checked_resume
-
-
-def check_optimizer_state(runner, filename: str) -> None:
-    """Fail right after resuming if the optimizer state does not fit the
-    parameters it was assigned to.
-
-    torch restores optimizer state by parameter *position*. A checkpoint of a
-    model whose parameters are registered in another order or have other
-    shapes (e.g. saved by an older version of the code) loads without
-    complaint and breaks in the first ``optimizer.step()`` with a broadcast
-    error; this names the parameter instead.
-    """
-    from mmengine.optim import OptimWrapperDict
-    model = getattr(runner.model, 'module', runner.model)
-    names = {id(p): n for n, p in model.named_parameters()}
-    wrappers = runner.optim_wrapper
-    wrappers = (
-        list(wrappers.values())
-        if isinstance(wrappers, OptimWrapperDict) else [wrappers])
-    for wrapper in wrappers:
-        optimizer = getattr(wrapper, 'optimizer', None)
-        if optimizer is None:
-            continue
-        for group in optimizer.param_groups:
-            for param in group['params']:
-                for key, value in optimizer.state.get(param, {}).items():
-                    if (isinstance(value, torch.Tensor) and value.dim() > 0
-                            and value.shape != param.shape):
-                        raise CheckpointError(
-                            f'Cannot resume from {filename!r}: its optimizer '
-                            f'state {key!r} has shape {tuple(value.shape)} '
-                            'where the model parameter '
-                            f'{names.get(id(param), "?")} has '
-                            f'{tuple(param.shape)}. The checkpoint was saved '
-                            'by a model with other parameters or another '
-                            'parameter order (an older version of the code?).'
-                            ' Start a new run from its weights with '
-                            '--cfg-options load_from=PATH instead.')
-
-
-def checkpoint_is_complete(path: str) -> bool:
-    """Whether ``path`` is a whole ``torch.save`` file.
-
-    torch writes a zip archive whose central directory comes last, so a file
-    cut short by a crash has none; a CRC check over every record catches
-    damage in the middle. Nothing is unpickled.
-    """
-    if not osp.isfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if not any(
-                    n.endswith('/data.pkl') or n == 'data.pkl' for n in names):
-                return False
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return False
-
-
-def _checkpoints_in(directory: str) -> List[str]:
-    """``epoch_N.pth`` / ``iter_N.pth`` in ``directory``, newest first."""
-    if not osp.isdir(directory):
-        return []
-    found = []
-    for name in os.listdir(directory):
-        match = _CHECKPOINT_NAME.match(name)
-        if match:
-            found.append(
-                (int(match.group(2)), osp.getmtime(osp.join(directory, name)),
-                 osp.join(directory, name)))
-    return [path for *_, path in sorted(found, reverse=True)]
-
-
-def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint to resume from: the one ``last_checkpoint`` names if it
-    is complete, otherwise the newest complete ``epoch_N.pth`` /
-    ``iter_N.pth`` next to it (a warning says which was skipped).
-
-    Returns:
-        str | None: None when the work dir has no checkpoint at all.
-
-    Raises:
-        CheckpointError: Checkpoints exist but none of them is complete.
-    """
-    pointer = osp.join(work_dir, LAST_CHECKPOINT)
-    named = None
-    if osp.isfile(pointer):
-        with open(pointer) as f:
-            named = f.read().strip() or None
-    if named is not None and checkpoint_is_complete(named):
-        return named
-    directories = [work_dir]
-    if named is not None and osp.dirname(named) not in ('', work_dir):
-        directories.insert(0, osp.dirname(named))
-    candidates = [p for d in directories for p in _checkpoints_in(d)]
-    for path in candidates:
-        if checkpoint_is_complete(path):
-            if named is not None:
-                print_log(
-                    f'{pointer} names {named}, which is missing or '
-                    f'incomplete (a crash while it was written?); resuming '
-                    f'from {path} instead.',
-                    logger='current',
-                    level=logging.WARNING)
-            return path
-    if named is None and not candidates:
-        return None
-    raise CheckpointError(
-        f'Cannot resume from {work_dir}: '
-        f'{LAST_CHECKPOINT} names {named!r} and no complete checkpoint '
-        f'(epoch_N.pth / iter_N.pth) was found; checked '
-        f'{candidates or "no files"}. Give one with --resume PATH or start '
-        'without --resume.')
+    with allow_mmengine_types(filename), _readable(filename):
+        yield

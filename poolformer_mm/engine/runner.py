@@ -1,0 +1,269 @@
+"""The runner the configs name: mmengine's ``Runner``, safe to resume and
+able to train in several processes on CPUs.
+
+``runner_type='SafeRunner'`` in the ``configs/_base_`` files makes this
+package's ``tools/train.py`` and MMDetection's / MMSegmentation's own
+``tools/train.py`` (which build ``RUNNERS.build(cfg)`` when a config has a
+``runner_type``) run the same thing. :class:`SafeRunner` changes, each in a
+method of mmengine's ``Runner`` that it overrides:
+
+- ``load_checkpoint`` (``load_from``; ``resume`` loads through it): reads
+  the file with the allowlist of :mod:`poolformer_mm.engine.safe_loading`,
+  and names it when it is torn or would need unsafe globals;
+- ``resume``: checks right after loading that the optimizer state fits the
+  parameters (:func:`check_optimizer_state`);
+- ``load_or_resume``: ``resume=True`` without ``load_from`` (``--resume``
+  without a value) continues from the newest *complete* checkpoint
+  (:func:`find_resumable_checkpoint`), where mmengine trusts the
+  ``last_checkpoint`` pointer whatever it names;
+- ``setup_env`` and ``wrap_model``: without an accelerator, a multi-process
+  run opens a gloo process group and wraps the model with
+  :class:`~poolformer_mm.engine.CPUDistributedDataParallel` (see
+  :mod:`poolformer_mm.engine.distributed`). With CUDA they are mmengine's.
+"""
+import logging
+import os
+import os.path as osp
+import re
+import zipfile
+from typing import List, Optional
+
+import torch
+from mmengine.device import get_device
+from mmengine.dist import is_distributed
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from ..pretrained import CheckpointError
+from .distributed import cpu_model_wrapper_cfg, init_cpu_process_group
+from .safe_loading import safe_checkpoint_loading
+
+LAST_CHECKPOINT = 'last_checkpoint'
+# File names CheckpointHook gives its checkpoints by default.
+_CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+@RUNNERS.register_module()
+class SafeRunner(Runner):
+    """mmengine's ``Runner`` with safe checkpoint loading, auto-resume from
+    the newest complete checkpoint, and multi-process training on CPUs.
+
+    Takes the same arguments as :class:`mmengine.runner.Runner`; a config
+    selects it with ``runner_type='SafeRunner'``. See the module docstring
+    for what differs.
+    """
+
+    def _on_cpu_processes(self) -> bool:
+        """A multi-process run without an accelerator."""
+        return self.distributed and get_device() == 'cpu'
+
+    def setup_env(self, env_cfg: dict) -> None:
+        """Set up the environment as mmengine does, opening the process group
+        of a multi-process CPU run first.
+
+        mmengine's ``init_dist`` calls ``torch.cuda.set_device``; with the
+        group already open it is skipped. mmengine's default backend,
+        ``nccl``, needs CUDA: gloo is used instead (a log line says so).
+
+        Args:
+            env_cfg (dict): The config's ``env_cfg``.
+        """
+        if self._on_cpu_processes() and not is_distributed():
+            dist_cfg = (env_cfg or {}).get('dist_cfg') or {}
+            backend = dist_cfg.get('backend', 'nccl')
+            if backend == 'nccl':
+                print_log(
+                    'No CUDA device: the processes communicate with the gloo '
+                    'backend instead of the config\'s nccl.',
+                    logger='current')
+                backend = 'gloo'
+            init_cpu_process_group(self.launcher, backend,
+                                   dist_cfg.get('timeout'))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg: Optional[dict],
+                   model: torch.nn.Module) -> torch.nn.Module:
+        """Wrap the model as mmengine does; in a multi-process CPU run with
+        :class:`~poolformer_mm.engine.CPUDistributedDataParallel` in place
+        of ``MMDistributedDataParallel`` (see
+        :func:`~poolformer_mm.engine.distributed.cpu_model_wrapper_cfg`).
+
+        Args:
+            model_wrapper_cfg (dict, optional): The config's
+                ``model_wrapper_cfg``.
+            model (nn.Module): The model to wrap.
+        """
+        if self._on_cpu_processes() and not is_model_wrapper(model):
+            cpu_cfg = cpu_model_wrapper_cfg(
+                model_wrapper_cfg, self.cfg.get('find_unused_parameters',
+                                                False))
+            if cpu_cfg is not model_wrapper_cfg:
+                self.logger.info(
+                    'No CUDA device: wrapping the model with '
+                    f'CPUDistributedDataParallel ({dict(cpu_cfg)}).')
+            model_wrapper_cfg = cpu_cfg
+        return super().wrap_model(model_wrapper_cfg, model)
+
+    def load_checkpoint(self, filename: str, *args, **kwargs) -> dict:
+        """``Runner.load_checkpoint`` with the allowlist of
+        :func:`~poolformer_mm.engine.safe_loading.safe_checkpoint_loading`.
+
+        Raises:
+            CheckpointError: The file is torn, not a checkpoint, or needs
+                globals outside the allowlist.
+        """
+        with safe_checkpoint_loading(filename):
+            return super().load_checkpoint(filename, *args, **kwargs)
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        """``Runner.resume``, then :func:`check_optimizer_state`."""
+        super().resume(filename, *args, **kwargs)
+        check_optimizer_state(self, filename)
+
+    def load_or_resume(self) -> None:
+        """Load or resume as mmengine does, except that auto-resume
+        (``resume=True`` without ``load_from``) picks the checkpoint with
+        :func:`find_resumable_checkpoint`: a torn newest file is skipped with
+        a warning, and a work dir without checkpoints trains from scratch.
+        """
+        if self._resume and self._load_from is None and not self._has_loaded:
+            latest = find_resumable_checkpoint(self.work_dir)
+            if latest is None:
+                self.logger.info(f'No checkpoint in {self.work_dir} to '
+                                 'resume from: training from scratch.')
+                self._resume = False
+            else:
+                self.logger.info(f'Resuming from {latest}, the newest '
+                                 f'complete checkpoint in {self.work_dir}.')
+                self._load_from = latest
+        super().load_or_resume()
+
+
+def check_optimizer_state(runner: Runner, filename: str) -> None:
+    """Fail right after resuming if the optimizer state does not fit the
+    parameters it was assigned to.
+
+    torch restores optimizer state by parameter *position*. A checkpoint of a
+    model whose parameters are registered in another order or have other
+    shapes (e.g. saved by an older version of the code) loads without
+    complaint and breaks in the first ``optimizer.step()`` with a broadcast
+    error; this names the parameter instead.
+
+    Args:
+        runner (Runner): The runner that has just resumed.
+        filename (str): The checkpoint, for the message.
+
+    Raises:
+        CheckpointError: A state tensor's shape differs from its
+            parameter's.
+    """
+    from mmengine.optim import OptimWrapperDict
+    model = getattr(runner.model, 'module', runner.model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    wrappers = runner.optim_wrapper
+    wrappers = (
+        list(wrappers.values())
+        if isinstance(wrappers, OptimWrapperDict) else [wrappers])
+    for wrapper in wrappers:
+        optimizer = getattr(wrapper, 'optimizer', None)
+        if optimizer is None:
+            continue
+        for group in optimizer.param_groups:
+            for param in group['params']:
+                for key, value in optimizer.state.get(param, {}).items():
+                    if (isinstance(value, torch.Tensor) and value.dim() > 0
+                            and value.shape != param.shape):
+                        raise CheckpointError(
+                            f'Cannot resume from {filename!r}: its optimizer '
+                            f'state {key!r} has shape {tuple(value.shape)} '
+                            'where the model parameter '
+                            f'{names.get(id(param), "?")} has '
+                            f'{tuple(param.shape)}. The checkpoint was saved '
+                            'by a model with other parameters or another '
+                            'parameter order (an older version of the code?).'
+                            ' Start a new run from its weights with '
+                            '--cfg-options load_from=PATH instead.')
+
+
+def checkpoint_is_complete(path: str) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` file.
+
+    torch writes a zip archive whose central directory comes last, so a file
+    cut short by a crash has none; a CRC check over every record catches
+    damage in the middle. Nothing is unpickled.
+
+    Args:
+        path (str): A local file.
+    """
+    if not osp.isfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if not any(
+                    n.endswith('/data.pkl') or n == 'data.pkl' for n in names):
+                return False
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+
+
+def _checkpoints_in(directory: str) -> List[str]:
+    """``epoch_N.pth`` / ``iter_N.pth`` in ``directory``, newest first."""
+    if not osp.isdir(directory):
+        return []
+    found = []
+    for name in os.listdir(directory):
+        match = _CHECKPOINT_NAME.match(name)
+        if match:
+            found.append(
+                (int(match.group(2)), osp.getmtime(osp.join(directory, name)),
+                 osp.join(directory, name)))
+    return [path for *_, path in sorted(found, reverse=True)]
+
+
+def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint to resume from: the one ``last_checkpoint`` names if it
+    is complete, otherwise the newest complete ``epoch_N.pth`` /
+    ``iter_N.pth`` next to it (a warning says which was skipped).
+
+    Args:
+        work_dir (str): The run's work dir, where ``last_checkpoint`` is.
+
+    Returns:
+        str | None: None when the work dir has no checkpoint at all.
+
+    Raises:
+        CheckpointError: Checkpoints exist but none of them is complete.
+    """
+    pointer = osp.join(work_dir, LAST_CHECKPOINT)
+    named = None
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip() or None
+    if named is not None and checkpoint_is_complete(named):
+        return named
+    directories = [work_dir]
+    if named is not None and osp.dirname(named) not in ('', work_dir):
+        directories.insert(0, osp.dirname(named))
+    candidates = [p for d in directories for p in _checkpoints_in(d)]
+    for path in candidates:
+        if checkpoint_is_complete(path):
+            if named is not None:
+                print_log(
+                    f'{pointer} names {named}, which is missing or '
+                    f'incomplete (a crash while it was written?); resuming '
+                    f'from {path} instead.',
+                    logger='current',
+                    level=logging.WARNING)
+            return path
+    if named is None and not candidates:
+        return None
+    raise CheckpointError(
+        f'Cannot resume from {work_dir}: '
+        f'{LAST_CHECKPOINT} names {named!r} and no complete checkpoint '
+        f'(epoch_N.pth / iter_N.pth) was found; checked '
+        f'{candidates or "no files"}. Give one with --resume PATH or start '
+        'without --resume.')
