@@ -54,14 +54,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-BACKBONE_VARIANTS = ('timm', 'timm_cl', 'ours', 'ours_unfused', 'ours_plain',
+BACKBONE_VARIANTS = ('timm', 'timm_cl', 'ours', 'reference', 'compiled',
                      'deploy', 'with_cp', 'floor_1x1', 'floor_convs')
 LABELS = {
     'timm': 'timm forward_intermediates',
     'timm_cl': 'timm, channels_last',
     'ours': 'PoolFormer (default)',
-    'ours_unfused': 'PoolFormer, default without fused blocks',
-    'ours_plain': 'PoolFormer, plain PyTorch ops',
+    'reference': "PoolFormer, impl='reference'",
+    'compiled': "PoolFormer, torch.compile(impl='reference')",
     'deploy': 'PoolFormer, switch_to_deploy()',
     'with_cp': 'PoolFormer, with_cp=True',
     'floor_1x1': 'floor: its 1x1 convs alone',
@@ -251,18 +251,17 @@ class Bench:
         torch.manual_seed(0)
         return self.build_ours(**kwargs).to(self.device)
 
-    def _eval_fn(self, model, x, timm_api=False, context=None):
+    def _eval_fn(self, model, x, timm_api=False):
         model.eval()
         device, dtype = self.device, self.dtype
 
         def run():
-            with torch.inference_mode(), autocast(device, dtype), (
-                    context() if context else contextlib.nullcontext()):
+            with torch.inference_mode(), autocast(device, dtype):
                 return outputs_of(model, x, timm_api)
 
         return run
 
-    def _train_fn(self, model, x, timm_api=False, context=None):
+    def _train_fn(self, model, x, timm_api=False):
         model.train()
         device, dtype = self.device, self.dtype
         params = [p for p in model.parameters() if p.requires_grad]
@@ -270,8 +269,7 @@ class Bench:
         def run():
             for p in params:
                 p.grad = None
-            with autocast(device, dtype), (
-                    context() if context else contextlib.nullcontext()):
+            with autocast(device, dtype):
                 outs = outputs_of(model, x, timm_api)
                 loss = sum(o.float().mean() for o in outs)
             loss.backward()
@@ -302,13 +300,13 @@ class Bench:
                 x = self.x_cl
             fn = self._eval_fn if phase == 'eval' else self._train_fn
             return fn(model, x, timm_api=True)
-        if name in ('ours', 'ours_unfused', 'ours_plain'):
-            from poolformer_mm.models.backbones import fast_ops
-            context = dict(
-                ours_unfused=fast_ops.unfused_blocks,
-                ours_plain=fast_ops.plain_ops).get(name)
+        if name in ('ours', 'reference', 'compiled'):
+            model = self.ours(impl='auto' if name == 'ours' else 'reference')
+            if name == 'compiled':
+                # The first calls compile; the warm-up runs take them.
+                model = torch.compile(model)
             fn = self._eval_fn if phase == 'eval' else self._train_fn
-            return fn(self.ours(), self.x, context=context)
+            return fn(model, self.x)
         if name == 'deploy':
             model = self.ours()
             if phase != 'eval' or not hasattr(model, 'switch_to_deploy'):
@@ -327,15 +325,14 @@ class Bench:
 
     def conv_inputs(self) -> List[Tuple[nn.Conv2d, torch.Size]]:
         """Every convolution of our backbone with its input shape."""
-        from poolformer_mm.models.backbones.fast_ops import plain_ops
-        model = self.ours().eval()
+        model = self.ours(impl='reference').eval()
         found = []
         hooks = [
             m.register_forward_pre_hook(
                 lambda m, inp: found.append((m, inp[0].shape)))
             for m in model.modules() if type(m) is nn.Conv2d
         ]
-        with torch.inference_mode(), plain_ops():
+        with torch.inference_mode():
             model(self.x)
         for h in hooks:
             h.remove()
@@ -346,7 +343,7 @@ class Bench:
         its own preallocated channels_last input, with the fastest kernel
         at hand: oneDNN with weights reordered for the shape on CPU
         (float32), cuDNN elsewhere."""
-        from poolformer_mm.models.backbones import deploy
+        from poolformer_mm.models.fast import cpu, folded
         convs = [(m, shape) for m, shape in self.conv_inputs()
                  if not only_1x1 or (m.kernel_size == (1, 1)
                                      and m.stride == (1, 1) and m.groups == 1)]
@@ -359,8 +356,8 @@ class Bench:
                     list(conv.dilation), conv.groups)
             weight, bias = conv.weight.detach(), conv.bias
             bias = bias.detach() if bias is not None else None
-            if deploy.use_onednn(x):
-                weight = deploy._pack_conv(weight, *args, shape)
+            if cpu.use_onednn(x):
+                weight = folded._pack_conv(weight, *args, shape)
                 jobs.append((True, x, weight, bias, args))
             else:
                 jobs.append((False, x.to(self.dtype),
@@ -708,6 +705,36 @@ def report(args, info, results, memory, det, deploy_cache=None) -> str:
     return '\n'.join(lines)
 
 
+def deploy_cache_bytes(model: nn.Module) -> int:
+    """Memory of the deploy path's folded and reordered weights (the
+    ``_fast_*`` attributes of its modules)."""
+    seen, total = set(), 0
+
+    def count(obj) -> None:
+        nonlocal total
+        if isinstance(obj, torch.Tensor):
+            if obj.is_mkldnn:
+                total += obj.numel() * obj.element_size()
+            elif obj.data_ptr() not in seen:
+                seen.add(obj.data_ptr())
+                total += obj.untyped_storage().nbytes()
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                count(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                count(item)
+        elif hasattr(obj, '__dict__') and not isinstance(obj, nn.Module):
+            count(vars(obj))
+
+    params = {p.data_ptr() for p in model.parameters()}
+    seen.update(params)
+    for module in model.modules():
+        count({k: v for k, v in vars(module).items()
+               if k.startswith('_fast_')})
+    return total
+
+
 def check_deploy(bench: Bench) -> Optional[float]:
     """Largest relative difference (max abs diff over max abs value) of the
     deploy outputs from the default eval outputs."""
@@ -756,7 +783,10 @@ def main(argv=None) -> dict:
     results: Dict[str, dict] = {}
     memory: Dict[Tuple[str, str], Optional[float]] = {}
     det: Dict[str, dict] = {}
-    names = args.variants or list(BACKBONE_VARIANTS)
+    # torch.compile takes minutes: only on request.
+    names = args.variants or [
+        v for v in BACKBONE_VARIANTS if v != 'compiled'
+    ]
     if not args.detector_only:
         err = check_deploy(bench)
         if err is not None:
@@ -802,7 +832,7 @@ def main(argv=None) -> dict:
                                args.device)
     deploy_cache = None
     if bench.deploy_model is not None:
-        deploy_cache = bench.deploy_model._deploy_runner.cache_bytes()
+        deploy_cache = deploy_cache_bytes(bench.deploy_model)
     text = report(args, info, results, memory, det, deploy_cache)
     print(text)
     out = dict(

@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import torch
 
-from poolformer_mm.checkpoint import (FORMATS, convert_backbone_state_dict,
+from poolformer_mm.pretrained import (FORMATS, convert_backbone_state_dict,
                                       read_checkpoint, unwrap_state_dict)
 
 

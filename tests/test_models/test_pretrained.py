@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from timm.models.metaformer import checkpoint_filter_fn
 
 from poolformer_mm import PoolFormer
-from poolformer_mm.checkpoint import (CheckpointError, detect_format,
+from poolformer_mm.pretrained import (CheckpointError, detect_format,
                                       load_pretrained)
 
 ARCHS = ('s12', 's24', 's36', 'm36', 'm48')

@@ -1,4 +1,4 @@
-"""Inference fast path of PoolFormer (``PoolFormer.switch_to_deploy``).
+"""The folded inference path (``impl='deploy'``, ``switch_to_deploy()``).
 
 A PoolFormer block is
 
@@ -36,94 +36,56 @@ everything except the two sets of statistics folds into constants:
   convolutions run in the autocast dtype with weights cast once, as
   autocast would run the modules.
   ``fc2`` stays unscaled and ``ls2`` is applied in the residual
-  ``addcmul_``: folded into the weight it could underflow in float16. On an
-  H100, S12 at 2x3x800x1216 fp16: 5.2-7.9 ms against timm's 26.1
-  (``tools/benchmark.py --device cuda``, see docs/benchmark.md).
+  ``addcmul_``: folded into the weight it could underflow in float16.
 
 On CPU the statistics are those of GroupNorm(1), from
-:func:`.fast_ops.mean_rstd`: one pass, or two (the mean, then the norm of
+:func:`.cpu.mean_rstd`: one pass, or two (the mean, then the norm of
 the centred values) when the mean is large against the spread, so that it
 costs no precision. Outputs equal the normal eval path to about 1e-6
 relative.
 
-The folded tensors live in a cache outside the module tree, so the state
-dict keeps its names and a block is folded again whenever one of its
-parameters changed (a checkpoint loaded after the switch is used) or moved
-to another device or dtype.
-
-Only blocks of the pattern above are folded, recognised by their attribute
-names (``norm1``, ``token_mixer.pool``, ``norm2``, ``mlp.fc1``, ``mlp.act``,
-``mlp.fc2``, ``layer_scale{1,2}.scale``, ``res_scale{1,2}.scale``); any
-other block runs its own ``forward``.
+The modules here replace the reference modules with the same parameters, so
+the state dict keeps its names. The folded tensors are plain attributes of
+:class:`DeployPoolBlock`, made again whenever one of the block's parameters
+changed (a checkpoint loaded after the switch is used) or moved to another
+device or dtype. Blocks of other patterns keep their ``impl='auto'`` modules.
 """
 import threading
 from collections import OrderedDict
-from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
-                    Tuple)
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fast_ops import (box_sum, group_norm1_stats, inv_count,
-                       is_pointwise_conv, mean_rstd, pool_window, use_onednn,
-                       window_sum)
-
-__all__ = [
-    'can_fold', 'fold_block', 'FoldedBlock', 'folded_block_forward',
-    'mean_rstd', 'use_onednn', 'DeployRunner', 'deploy_forward'
-]
-
-# The per-channel scale modules of the blocks (``Scale``, formerly
-# ``LayerScale``): ``x * scale`` over the channels of (N, C, H, W) maps.
-_SCALE_TYPES = ('Scale', 'LayerScale')
-
-
-def _is_group_norm1(norm: nn.Module) -> bool:
-    return isinstance(norm, nn.GroupNorm) and norm.num_groups == 1
-
-
-def _pool_size(mixer: nn.Module) -> Optional[int]:
-    """Window of a PoolFormer ``Pooling`` mixer (``pool(x) - x`` with a
-    stride-1, same-size, padding-excluded average), None for other mixers."""
-    if type(mixer).__name__ != 'Pooling':
-        return None
-    return pool_window(getattr(mixer, 'pool', None))
-
-
-def _is_scale(module: nn.Module) -> bool:
-    if isinstance(module, nn.Identity):
-        return True
-    scale = getattr(module, 'scale', None)
-    return (type(module).__name__ in _SCALE_TYPES
-            and isinstance(scale, Tensor) and scale.dim() == 1
-            and tuple(getattr(module, 'shape', (-1, 1, 1)))[1:] == (1, 1))
+from ..backbones.metaformer import (Downsampling, MetaFormerBlock,
+                                    MetaFormerStage, Pooling, Stem)
+from .cpu import (FastPooling, FusedPoolBlock, box_sum,
+                  channel_scale, inv_count, is_group_norm1, is_pointwise_conv,
+                  mean_rstd, pool_window, use_onednn, window_sum)
+from .cuda import group_norm1_stats
 
 
 def can_fold(block: nn.Module) -> bool:
     """Whether ``block`` is a PoolFormer block that :func:`fold_block`
-    handles: GroupNorm(1) pre-norms, a ``Pooling`` mixer, a 1x1-conv MLP
-    with an element-wise activation, and per-channel scales (or Identity)
-    as layer scales and res-scales."""
-    names = ('norm1', 'token_mixer', 'norm2', 'mlp', 'layer_scale1',
-             'layer_scale2')
-    if not all(hasattr(block, name) for name in names):
+    handles: GroupNorm(1) pre-norms, a pooling mixer, a 1x1-conv MLP with an
+    element-wise activation, per-channel scales (or Identity) as layer
+    scales and res-scales."""
+    if type(block) not in (MetaFormerBlock, FusedPoolBlock, DeployPoolBlock):
         return False
     mlp = block.mlp
-    if not (_is_group_norm1(block.norm1) and _is_group_norm1(block.norm2)
-            and _pool_size(block.token_mixer) is not None
-            and is_pointwise_conv(getattr(mlp, 'fc1', None))
-            and is_pointwise_conv(getattr(mlp, 'fc2', None))
-            and isinstance(getattr(mlp, 'act', None), nn.Module)):
-        return False
-    return all(
-        _is_scale(getattr(block, name, nn.Identity()))
-        for name in ('layer_scale1', 'layer_scale2', 'res_scale1',
-                     'res_scale2'))
+    return (is_group_norm1(block.norm1) and is_group_norm1(block.norm2)
+            and type(block.token_mixer) in (Pooling, FastPooling)
+            and pool_window(block.token_mixer.pool) is not None
+            and is_pointwise_conv(mlp.fc1) and is_pointwise_conv(mlp.fc2)
+            and all(
+                channel_scale(getattr(block, name))[0]
+                for name in ('layer_scale1', 'layer_scale2', 'res_scale1',
+                             'res_scale2')))
 
 
-class FoldedBlock:
+class FoldedConstants:
     """Constants of one folded block (plain tensors, no autograd).
 
     Attributes:
@@ -180,8 +142,8 @@ class FoldedBlock:
 
 
 class CastWeights(NamedTuple):
-    """A :class:`FoldedBlock`'s tensors in the dtypes of one run
-    (:meth:`FoldedBlock.cast`); ``fc2_*`` are unscaled."""
+    """A :class:`FoldedConstants`'s tensors in the dtypes of one run
+    (:meth:`FoldedConstants.cast`); ``fc2_*`` are unscaled."""
     mix_scale: Tensor
     res_scale1: Optional[Tensor]
     res_scale2: Optional[Tensor]
@@ -207,19 +169,14 @@ def _scale(module: nn.Module) -> Optional[Tensor]:
 
 
 @torch.no_grad()
-def fold_block(block: nn.Module) -> FoldedBlock:
+def fold_block(block: nn.Module) -> FoldedConstants:
     """Fold the norm affines and layer scales of a PoolFormer block into
     the mixer's per-channel scale and the MLP's 1x1 convolutions.
 
     The arithmetic is done in float64; the results have the dtype of
     ``mlp.fc1.weight``.
-
-    Raises:
-        TypeError: The block does not fit (see :func:`can_fold`).
+    ``block`` must fit (:func:`can_fold`).
     """
-    if not can_fold(block):
-        raise TypeError(f'{type(block).__name__} is not a foldable '
-                        'PoolFormer block (see deploy.can_fold)')
     fc1, fc2 = block.mlp.fc1, block.mlp.fc2
     dtype = fc1.weight.dtype
     w1 = fc1.weight.double().flatten(1)  # (hidden, C)
@@ -239,13 +196,11 @@ def fold_block(block: nn.Module) -> FoldedBlock:
     def channel_map(t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.to(dtype).view(1, -1, 1, 1)
 
-    return FoldedBlock(
-        pool_size=_pool_size(block.token_mixer),
+    return FoldedConstants(
+        pool_size=pool_window(block.token_mixer.pool),
         mix_scale=channel_map(ls1 * g1),
-        res_scale1=channel_map(
-            _scale(getattr(block, 'res_scale1', nn.Identity()))),
-        res_scale2=channel_map(
-            _scale(getattr(block, 'res_scale2', nn.Identity()))),
+        res_scale1=channel_map(_scale(block.res_scale1)),
+        res_scale2=channel_map(_scale(block.res_scale2)),
         eps1=float(block.norm1.eps),
         eps2=float(block.norm2.eps),
         fc1_weight=(w1 * g2).to(dtype)[:, :, None, None].contiguous(),
@@ -339,7 +294,7 @@ def _pack_conv(weight: Tensor, padding: Sequence[int], stride: Sequence[int],
         list(input_size))
 
 
-def _mixer_(p: FoldedBlock, x: Tensor) -> Tensor:
+def _mixer_(p: FoldedConstants, x: Tensor) -> Tensor:
     """``x = r1 * x + ls1 * g1 * rstd1 * (pool(x) - x)``, in place, on
     CPU."""
     k, r = p.pool_size, p.pool_size // 2
@@ -367,19 +322,19 @@ def _runs_off_cpu(x: Tensor) -> bool:
     return x.device.type != 'cpu'
 
 
-def _folded_block_off_cpu_(p: FoldedBlock, x: Tensor) -> Tensor:
+def _folded_block_off_cpu_(p: FoldedConstants, x: Tensor) -> Tensor:
     """A folded block off the CPU (CUDA): plain PyTorch ops on NCHW maps
     (cuDNN's 1x1 convolutions were slower on channels_last ones), few
     kernel launches, which bound the block at small sizes, and the
-    statistics from one ``var_mean`` (:func:`.fast_ops.group_norm1_stats`;
+    statistics from one ``var_mean`` (:func:`.cuda.group_norm1_stats`;
     ``group_norm`` leaves the GPU nearly idle with one group, see
-    :class:`.fast_ops._GroupNorm1`).
+    :class:`.cuda._GroupNorm1`).
 
     Under autocast it computes what autocast makes of the modules, the
     statistics in float32, the pooling and the residual stream in the
     parameters' dtype (float32 unless the model was cast) and the 1x1
     convolutions in the autocast dtype, with the weights cast once
-    (:meth:`FoldedBlock.cast`) instead of at every call.
+    (:meth:`FoldedConstants.cast`) instead of at every call.
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
@@ -392,7 +347,7 @@ def _folded_block_off_cpu_(p: FoldedBlock, x: Tensor) -> Tensor:
     return _off_cpu_block_(p, x, x.dtype)
 
 
-def _off_cpu_block_(p: FoldedBlock, x: Tensor,
+def _off_cpu_block_(p: FoldedConstants, x: Tensor,
                     conv_dtype: torch.dtype) -> Tensor:
     c = p.cast(x.dtype, conv_dtype)
     k = p.pool_size
@@ -418,7 +373,7 @@ def _off_cpu_block_(p: FoldedBlock, x: Tensor,
     return x.addcmul_(out, c.mlp_scale)
 
 
-def folded_block_forward(p: FoldedBlock, x: Tensor) -> Tensor:
+def folded_block_forward(p: FoldedConstants, x: Tensor) -> Tensor:
     """Run a folded block on ``x`` (N, C, H, W), updating it in place;
     returns it."""
     if _runs_off_cpu(x):
@@ -457,157 +412,119 @@ def folded_block_forward(p: FoldedBlock, x: Tensor) -> Tensor:
     return x.add_(F.conv2d(hidden, p.fc2_weight, p.fc2_bias))
 
 
-def _fingerprint(module: nn.Module) -> Tuple:
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                 for t in list(module.parameters()) + list(module.buffers()))
-
-
-def _plain_conv(module: nn.Module) -> Optional[nn.Conv2d]:
-    """The convolution of a stem / downsampling whose norm is Identity (a
-    module made of ``conv`` and an optional ``norm``), else None."""
-    conv = getattr(module, 'conv', None)
-    norm = getattr(module, 'norm', nn.Identity())
-    children = [m for m in module.children() if m is not norm]
-    if (type(module).__name__ not in ('Stem', 'Downsampling')
-            or type(conv) is not nn.Conv2d or children != [conv]
-            or not isinstance(norm, nn.Identity)
-            or conv.padding_mode != 'zeros'
-            or isinstance(conv.padding, str)):
-        return None
-    return conv
-
-
-class DeployRunner:
-    """Runs a PoolFormer-style backbone on the fast path.
-
-    Folded blocks and reordered convolution weights are cached by module
-    and made again when the module's parameters change (checked by data
-    pointer, version counter, dtype and device of each, so that a
-    ``load_state_dict``, an optimizer step or ``.to()`` is noticed). A
-    copied runner (``copy.deepcopy`` of the model) starts empty.
-    """
-
-    def __init__(self) -> None:
-        self._cache: Dict[int, Tuple[Tuple, object]] = {}
-        self._foldable: Dict[int, bool] = {}
-
-    def __deepcopy__(self, memo) -> 'DeployRunner':
-        return DeployRunner()
+class _DropsCaches:
+    """Leaves the ``_fast_*`` caches (oneDNN weights do not pickle) out of
+    pickles and copies; they are made again."""
 
     def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
-
-    def clear(self) -> None:
-        """Forget every folded block and packed weight."""
-        self._cache.clear()
-        self._foldable.clear()
-
-    def cache_bytes(self) -> int:
-        """Memory held by the folded and reordered weights."""
-        seen, total = set(), 0
-
-        def count(obj) -> None:
-            nonlocal total
-            if isinstance(obj, Tensor):
-                if obj.is_mkldnn:
-                    total += obj.numel() * obj.element_size()
-                elif obj.data_ptr() not in seen:
-                    seen.add(obj.data_ptr())
-                    total += obj.untyped_storage().nbytes()
-            elif isinstance(obj, (list, tuple)):
-                for item in obj:
-                    count(item)
-            elif isinstance(obj, dict):
-                for item in obj.values():
-                    count(item)
-            elif isinstance(obj, PackCache):
-                for item in obj._entries.values():
-                    count(item)
-            elif isinstance(obj, FoldedBlock):
-                for item in obj.__dict__.values():
-                    count(item)
-
-        for _, value in self._cache.values():
-            count(value)
-        return total
-
-    def _cached(self, module: nn.Module, make: Callable):
-        key = _fingerprint(module)
-        hit = self._cache.get(id(module))
-        if hit is None or hit[0] != key:
-            hit = (key, make(module))
-            self._cache[id(module)] = hit
-        return hit[1]
-
-    def foldable(self, block: nn.Module) -> bool:
-        """Whether ``block`` runs folded (cached :func:`can_fold`)."""
-        if id(block) not in self._foldable:
-            self._foldable[id(block)] = can_fold(block)
-        return self._foldable[id(block)]
-
-    def block(self, block: nn.Module, x: Tensor) -> Tensor:
-        """One block; ``x`` may be overwritten."""
-        if self.foldable(block):
-            return folded_block_forward(self._cached(block, fold_block), x)
-        return block(x)
-
-    def conv_module(self, module: nn.Module, x: Tensor) -> Tensor:
-        """A stem or downsampling, on CPU with its output in channels_last:
-        a plain convolution (see :func:`_plain_conv`) runs as a oneDNN
-        convolution with reordered weights, other modules run their own
-        forward."""
-        if _runs_off_cpu(x):
-            return module(x)
-        x = x.contiguous(memory_format=torch.channels_last)
-        conv = _plain_conv(module)
-        if conv is None or not use_onednn(x):
-            return module(x).contiguous(memory_format=torch.channels_last)
-        args = (list(conv.padding), list(conv.stride), list(conv.dilation),
-                conv.groups)
-        packs = self._cached(conv, lambda c: PackCache())
-        weight = packs.get(
-            tuple(x.shape),
-            lambda: _pack_conv(conv.weight.detach(), *args, x.shape))
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, conv.weight if weight is None else weight, conv.bias, *args,
-            'none', [], None)
+        return {
+            k: v
+            for k, v in self.__dict__.items() if not k.startswith('_fast_')
+        }
 
 
-def deploy_forward(model: nn.Module, runner: DeployRunner,
-                   x: Tensor) -> Tuple[Tensor, ...]:
-    """The fast-path equivalent of ``PoolFormer.forward`` (eval only).
+def _fingerprint(module: nn.Module) -> Tuple:
+    """Changes when a parameter of ``module`` is written, replaced or moved:
+    its data pointer, version counter, dtype and device."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                 for t in module.parameters())
 
-    Uses the model's ``stem``, ``stages[i].downsample``,
-    ``stages[i].blocks``, ``norm{i}`` and ``out_indices``; a stage of
-    (N, L, C) tokens (``stage.channels_last``) runs through the model's own
-    ``_run_stage``. Outputs are contiguous NCHW tensors, as on the default
-    path.
 
-    Raises:
-        RuntimeError: ``x`` requires grad: the path computes no gradients.
-    """
-    if x.requires_grad:
-        raise RuntimeError(
-            'The deploy path of PoolFormer is inference-only and computes '
-            'no gradients, but the input requires grad. Use a model without '
-            'deploy / switch_to_deploy() to differentiate it.')
-    with torch.no_grad():
-        x = runner.conv_module(model.stem, x)
-        outs: List[Tensor] = []
-        last = max(model.out_indices)
-        for i, stage in enumerate(model.stages[:last + 1]):
-            if getattr(stage, 'channels_last', False):
-                x = model._run_stage(stage, x).contiguous(
-                    memory_format=torch.contiguous_format
-                    if _runs_off_cpu(x) else torch.channels_last)
-            else:
-                if not isinstance(stage.downsample, nn.Identity):
-                    x = runner.conv_module(stage.downsample, x)
-                for block in stage.blocks:
-                    x = runner.block(block, x)
-            if i in model.out_indices:
-                outs.append(getattr(model, f'norm{i}')(x))
-        return model._emit(outs)
+class DeployPoolBlock(_DropsCaches, MetaFormerBlock):
+    """A foldable PoolFormer block (:func:`can_fold`) run folded, inference
+    only. :meth:`forward_` updates its input in place."""
+
+    @classmethod
+    def fits(cls, module: nn.Module) -> bool:
+        return can_fold(module)
+
+    def folded(self) -> FoldedConstants:
+        """The folded constants, made again when a parameter changed."""
+        key = _fingerprint(self)
+        if getattr(self, '_fast_folded_key', None) != key:
+            self._fast_folded = fold_block(self)
+            self._fast_folded_key = key
+        return self._fast_folded
+
+    def forward_(self, x: Tensor) -> Tensor:
+        """The block on ``x``, which it overwrites and returns."""
+        return folded_block_forward(self.folded(), x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.forward_(x.clone())
+
+
+def _deploy_conv(module: nn.Module, x: Tensor, reference) -> Tensor:
+    """A stem / downsampling (``module``, whose ``reference`` forward is
+    given) on CPU with channels_last output; a bare convolution (Identity
+    norm) on oneDNN with weights reordered for the input shape."""
+    if _runs_off_cpu(x):
+        return reference(x)
+    x = x.contiguous(memory_format=torch.channels_last)
+    conv = module.conv
+    if (not isinstance(module.norm, nn.Identity) or not use_onednn(x)
+            or conv.padding_mode != 'zeros' or isinstance(conv.padding, str)):
+        return reference(x).contiguous(memory_format=torch.channels_last)
+    args = (list(conv.padding), list(conv.stride), list(conv.dilation),
+            conv.groups)
+    if getattr(module, '_fast_packed_key', None) != _fingerprint(conv):
+        module._fast_packs = PackCache()
+        module._fast_packed_key = _fingerprint(conv)
+    weight = module._fast_packs.get(
+        tuple(x.shape),
+        lambda: _pack_conv(conv.weight.detach(), *args, x.shape))
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight if weight is None else weight, conv.bias, *args, 'none',
+        [], None)
+
+
+class DeployStem(_DropsCaches, Stem):
+    """:class:`Stem` of the deploy path; refuses inputs that need a
+    gradient."""
+
+    @classmethod
+    def fits(cls, module: nn.Module) -> bool:
+        return isinstance(module, Stem)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.requires_grad:
+            raise RuntimeError(
+                'The deploy path is inference-only and computes no '
+                'gradients, but the input requires grad. Use a backbone '
+                'without deploy / switch_to_deploy() to differentiate it.')
+        with torch.no_grad():
+            return _deploy_conv(self, x, super().forward)
+
+
+class DeployDownsampling(_DropsCaches, Downsampling):
+    """:class:`Downsampling` of the deploy path."""
+
+    @classmethod
+    def fits(cls, module: nn.Module) -> bool:
+        return type(module) is Downsampling
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return _deploy_conv(self, x, super().forward)
+
+
+class DeployStage(MetaFormerStage):
+    """:class:`MetaFormerStage` of (N, C, H, W) maps whose folded blocks
+    update one copy of the stage's input in place."""
+
+    @classmethod
+    def fits(cls, module: nn.Module) -> bool:
+        return type(module) is MetaFormerStage and not module.channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            y = self.downsample(x)
+            if y is x:
+                y = x.clone()
+            for block in self.blocks:
+                if isinstance(block, DeployPoolBlock):
+                    y = block.forward_(y)
+                else:
+                    y = block(y)
+            return y

@@ -70,7 +70,10 @@ def test_custom_imports_in_config():
         print(type(MODELS.build(dict(type='PoolFormer', arch='s24'))).__name__)
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == 'PoolFormer'
+    # Before it, the build's log line says which execution path runs.
+    *log, name = result.stdout.strip().splitlines()
+    assert name == 'PoolFormer'
+    assert "runs impl='auto'" in log[-1]
 
 
 def neck_mismatch_cfg(name):

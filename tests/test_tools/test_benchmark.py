@@ -30,10 +30,12 @@ def test_backbone_variants_and_floors(tmp_path):
                           str(tmp_path / 'result.json')])
     eval_names = set(out['results']['eval'])
     train_names = set(out['results']['train'])
-    assert {'timm', 'timm_cl', 'ours', 'ours_unfused', 'ours_plain', 'deploy',
-            'floor_1x1', 'floor_convs'} <= eval_names
-    assert {'train_timm', 'train_ours', 'train_ours_unfused', 'train_with_cp',
+    assert {'timm', 'timm_cl', 'ours', 'reference', 'deploy', 'floor_1x1',
+            'floor_convs'} <= eval_names
+    assert {'train_timm', 'train_ours', 'train_reference', 'train_with_cp',
             'train_floor_1x1', 'train_floor_convs'} <= train_names
+    # torch.compile takes minutes: only on request (--variants compiled).
+    assert 'compiled' not in eval_names
     assert 'train_deploy' not in train_names
     for phase in out['results'].values():
         for timing in phase.values():
@@ -80,8 +82,8 @@ def test_metaformer_rows_go_by_their_arch():
                           'ours', 'deploy', 'floor_1x1', '--no-train'])
     assert '| MetaFormer convformer_s18 (default) |' in out['table']
     assert 'PoolFormer' not in out['table']
-    # No switch_to_deploy for the MetaFormer family: no deploy row.
-    assert 'deploy' not in out['results']['eval']
+    # Their stem and downsampling run folded, their blocks as 'auto'.
+    assert 'deploy' in out['results']['eval']
 
 
 def test_profile_train_step(capsys):

@@ -74,6 +74,11 @@ def test_layer_scale_init(arch, value):
     for block in (model.stages[0].blocks[0], model.stages[3].blocks[-1]):
         assert torch.all(block.layer_scale1.scale == value)
         assert torch.all(block.layer_scale2.scale == value)
+    # The argument overrides the arch's value, as the demo configs do.
+    model = PoolFormer(arch, layer_scale_init_value=1.0)
+    assert all(
+        torch.all(s.scale == 1.0) for s in model.modules()
+        if type(s).__name__ == 'Scale')
 
 
 def test_original_structure():

@@ -1,61 +1,36 @@
-"""Faster CPU execution of the blocks' default (training and eval) path.
+"""Faster CPU execution of the reference modules, with the same parameters.
 
-It computes what the plain modules compute, with the same parameters, to
-float32 rounding (about 1e-7 relative):
+The modules here replace reference modules of
+:mod:`poolformer_mm.models.backbones.metaformer` when a backbone is built with
+``impl='auto'`` (see :mod:`poolformer_mm.models.fast`). Each computes what the
+module it replaces computes, to float32 rounding, on float32 CPU maps outside
+autocast, tracing, export and ``torch.compile`` (:func:`applies`), and runs the
+reference ``forward`` everywhere else:
 
-- :func:`use_channels_last`: on CPU in float32 the backbone runs its maps in
-  channels_last memory format (NHWC in memory; the outputs are made
-  contiguous again for the necks and mmcv's ops), where oneDNN runs the
-  convolutions without reordering their inputs and outputs from and to
-  NCHW at every call. Measured on 2 threads, S12 at 512x512: eval forward
-  188 -> 153 ms, train step 428 -> 392 ms against NCHW with the 1x1
-  convolutions as MKL GEMMs (the faster of the NCHW options).
-- :func:`pool_mixer`, PoolFormer's ``avg_pool(x) - x`` with
-  ``count_include_pad=False``: PyTorch's CPU ``avg_pool2d`` walks every
-  window with a per-element divisor and is, with its backward, several
-  times slower than the 1x1 convolutions' neighbours. Here the window sum
-  is separable (a running sum along W, then along H, as in-place slice
-  additions), the divisor is a cached per-position map, and the backward
-  is the same box sum of ``grad / count`` (the box is symmetric). With
-  oneDNN the window sums of channels_last maps run as one depthwise
-  convolution with a ones kernel (:func:`window_sum`).
-- :func:`pool_norm_residual`, the whole token-mixing half of a PoolFormer
-  block, ``x + ls * (pool(n(x)) - n(x))`` with ``n`` a GroupNorm(1), as one
-  autograd function: the norm's bias and mean cancel in
-  ``pool(y) - y``, so it is ``x + s * (pool(x) - x)`` with
-  ``s = ls * g * rstd`` per channel and sample, and the backward is written
-  out. The plain modules make five activation-sized tensors (the
-  normalised map, the pooled one, their difference, its scaled copy, the
-  sum) and save two of them for the backward; this makes one and saves
-  the input only. Forward plus backward of stage 1's mixer of S12 at
-  512x512: 8.3 -> 4.6 ms on 2 threads.
-- :func:`pointwise_mlp`, the channel MLP ``fc2(gelu(fc1(x)))`` of 1x1
-  convolutions in training, as one autograd function: the forward runs
-  oneDNN's convolutions as before; in the backward each input gradient is
-  a transposed convolution (oneDNN, the weight as it is), each weight
-  gradient one matrix product of the channels_last maps viewed as
-  (positions, channels) matrices (MKL), and GELU's gradient is written
-  over the hidden gradient instead of into a new tensor. Together with
-  :func:`pool_norm_residual` 4%-5% less time for the S12 train step at
-  512x512 on 2 threads (``tools/benchmark.py --variants ours
-  ours_unfused``; :func:`unfused_blocks` turns both off).
+- :class:`ChannelsLastStem`: the backbone's maps run in channels_last memory
+  format, where oneDNN runs the convolutions without reordering their inputs
+  and outputs at every call.
+- :class:`FastPooling`, ``avg_pool(x) - x`` with ``count_include_pad=False``:
+  the window sums are separable (or, on oneDNN, one depthwise convolution
+  with a ones kernel, :func:`window_sum`), the divisor a cached per-position
+  map, and the backward the same box sum of ``grad / count`` (the window is
+  symmetric). PyTorch's CPU ``avg_pool2d`` walks every window with a
+  per-element divisor.
+- :class:`FusedPoolBlock`, whose token-mixing half
+  ``x + ls * (pool(n(x)) - n(x))`` with ``n`` a GroupNorm(1) is one autograd
+  function: the norm's bias and mean cancel in ``pool(y) - y``, so it is
+  ``x + s * (pool(x) - x)`` with ``s = ls * g * rstd`` per channel and
+  sample, with a written-out backward. It makes one activation-sized tensor
+  where the modules make five, and saves only its input.
+- :class:`FusedMlp`, ``fc2(gelu(fc1(x)))`` of 1x1 convolutions under autograd
+  as one autograd function: input gradients as transposed convolutions,
+  weight gradients as one matrix product each, GELU's gradient written over
+  the hidden gradient.
 
-Elsewhere (CUDA, autocast, other dtypes) the PyTorch operations run
-unchanged, except:
-
-- :func:`group_norm` (used by ``Fp32GroupNorm``): on CUDA a float32
-  GroupNorm with one group of maps with at least
-  :data:`GROUP_NORM1_MIN_SIZE` elements per sample takes its statistics
-  from one ``var_mean`` (:class:`_GroupNorm1`): PyTorch's kernel reduces
-  each sample in one thread block and was most of the forward time at
-  detection sizes.
-
-:func:`plain_ops` turns all of this off (to compare, e.g. in
-``tools/benchmark.py``).
+docs/benchmark.md has the side-by-side measurements that keep each of them.
 """
-import contextlib
 import math
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -63,43 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = [
-    'pool_mixer', 'pool_norm_residual', 'pointwise_mlp', 'is_pointwise_conv',
-    'use_channels_last', 'use_onednn', 'pool_window', 'window_sum', 'box_sum',
-    'inv_count', 'mean_rstd', 'plain_ops', 'unfused_blocks', 'group_norm',
-    'group_norm1_stats'
-]
-
-_ENABLED = True
-
-
-@contextlib.contextmanager
-def plain_ops() -> Iterator[None]:
-    """Within the context, run the plain PyTorch operations."""
-    global _ENABLED
-    enabled, _ENABLED = _ENABLED, False
-    try:
-        yield
-    finally:
-        _ENABLED = enabled
-
-
-_FUSED = True
-
-
-@contextlib.contextmanager
-def unfused_blocks() -> Iterator[None]:
-    """Within the context, run the default path without its fused block
-    functions (:func:`pool_norm_residual`, :func:`pointwise_mlp`), the
-    other fast ops on: what they bring is then measurable
-    (``tools/benchmark.py --variants ours ours_unfused``)."""
-    global _FUSED
-    fused, _FUSED = _FUSED, False
-    try:
-        yield
-    finally:
-        _FUSED = fused
-
+from ..backbones.metaformer import (Fp32GroupNorm, Mlp, MetaFormerBlock,
+                                    Pooling, Scale, Stem)
 
 _INV_COUNT: Dict[Tuple, Tensor] = {}
 _INV_COUNT_MAX = 64
@@ -403,48 +343,36 @@ def _dense(x: Tensor) -> bool:
         memory_format=torch.channels_last)
 
 
-def _fast_cpu(x: Tensor) -> bool:
-    """Float32 CPU maps outside autocast, with the fast ops on."""
-    return (_ENABLED and x.device.type == 'cpu' and x.dtype == torch.float32
-            and x.dim() == 4 and not torch.is_autocast_enabled('cpu'))
-
-
-def use_channels_last(x: Tensor) -> bool:
-    """Whether the backbone should run ``x`` (its input image batch) in
-    channels_last memory format: float32 CPU maps outside autocast, with
-    the fast ops on."""
-    return _fast_cpu(x)
-
-
-def _square(value) -> Optional[int]:
-    if isinstance(value, int):
-        return value
-    return value[0] if value[0] == value[1] else None
+def applies(x: Tensor) -> bool:
+    """Whether the fast CPU modules serve ``x``: float32 CPU maps outside
+    autocast, tracing, ONNX export and ``torch.compile`` (which get the
+    reference computation)."""
+    return (x.device.type == 'cpu' and x.dtype == torch.float32
+            and x.dim() == 4 and not torch.is_autocast_enabled('cpu')
+            and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export()
+            and not torch.compiler.is_compiling())
 
 
 def pool_window(pool: nn.Module) -> Optional[int]:
     """The window of PoolFormer's pooling (an ``nn.AvgPool2d`` with an odd
     square window, stride 1, padding ``k // 2``, ``count_include_pad=False``),
     None for any other module."""
+
+    def square(value) -> Optional[int]:
+        if isinstance(value, int):
+            return value
+        return value[0] if value[0] == value[1] else None
+
     if type(pool) is not nn.AvgPool2d:
         return None
-    k, stride, padding = (_square(pool.kernel_size), _square(pool.stride),
-                          _square(pool.padding))
+    k, stride, padding = (square(pool.kernel_size), square(pool.stride),
+                          square(pool.padding))
     if (k is None or k % 2 == 0 or stride != 1 or padding != k // 2
             or pool.count_include_pad or pool.ceil_mode
             or pool.divisor_override is not None):
         return None
     return k
-
-
-def pool_mixer(pool: nn.AvgPool2d, x: Tensor) -> Tensor:
-    """``pool(x) - x`` for PoolFormer's pooling (see :func:`pool_window`),
-    with the fast window sums on float32 CPU tensors (NCHW or
-    channels_last)."""
-    k = pool_window(pool)
-    if k is not None and _fast_cpu(x) and _dense(x):
-        return _PoolMixer.apply(x, k)
-    return pool(x) - x
 
 
 def is_pointwise_conv(module: nn.Module) -> bool:
@@ -455,125 +383,90 @@ def is_pointwise_conv(module: nn.Module) -> bool:
             and module.padding in ((0, 0), 0) and module.dilation == (1, 1))
 
 
-def pointwise_mlp(fc1: nn.Module, act: nn.Module, fc2: nn.Module,
-                  x: Tensor) -> Optional[Tensor]:
-    """``fc2(act(fc1(x)))`` as one autograd function
-    (:class:`_PointwiseMlp`) for 1x1 convolutions (:func:`is_pointwise_conv`)
-    around an ``nn.GELU``, on channels_last float32 CPU maps under
-    autograd; None where it does not apply (the caller runs the modules,
-    which is as fast without autograd)."""
-    if not (_FUSED and torch.is_grad_enabled() and _fast_cpu(x)
-            and _channels_last(x) and type(act) is nn.GELU
-            and is_pointwise_conv(fc1) and is_pointwise_conv(fc2)):
-        return None
-    return _PointwiseMlp.apply(x, fc1.weight, fc1.bias, fc2.weight,
-                               fc2.bias, act.approximate)
+def is_group_norm1(norm: nn.Module) -> bool:
+    """Whether ``norm`` is a GroupNorm with one group."""
+    return isinstance(norm, nn.GroupNorm) and norm.num_groups == 1
 
 
-def pool_norm_residual(x: Tensor, pool: nn.AvgPool2d, norm: nn.GroupNorm,
-                       layer_scale: Optional[Tensor]) -> Optional[Tensor]:
-    """``x + layer_scale * (pool(norm(x)) - norm(x))`` as one operation
-    (:class:`_PoolNormResidual`) on float32 CPU maps, for PoolFormer's
-    pooling (:func:`pool_window`) and a GroupNorm with one group;
-    ``layer_scale`` is (C, ) or None. Returns None where it does not apply
-    (the caller runs the modules)."""
-    k = pool_window(pool)
-    if (k is None or not _FUSED or not _fast_cpu(x) or not _dense(x)
-            or not isinstance(norm, nn.GroupNorm) or norm.num_groups != 1):
-        return None
-    return _PoolNormResidual.apply(x, norm.weight, norm.bias, layer_scale, k,
-                                   float(norm.eps))
+def channel_scale(module: nn.Module) -> Tuple[bool, Optional[Tensor]]:
+    """``(True, scale)`` for a per-channel :class:`Scale` of maps,
+    ``(True, None)`` for ``nn.Identity``, ``(False, None)`` otherwise."""
+    if isinstance(module, nn.Identity):
+        return True, None
+    if type(module) is Scale and module.shape[1:] == (1, 1):
+        return True, module.scale
+    return False, None
 
 
-# ---------------------------------------------------------------------------
-# GroupNorm with one group on CUDA
-# ---------------------------------------------------------------------------
-def group_norm1_stats(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
-    """Mean and ``1 / sqrt(var + eps)`` over all but the first dimension,
-    each of shape (N, 1, ...), in float32 at least: one ``var_mean``, a
-    reduction that CUDA spreads over the whole GPU. (A float16 variance
-    overflows from a standard deviation of 256 on.)"""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    dims = tuple(range(1, x.dim()))
-    var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
-    return mean, var.add_(eps).rsqrt_()
+class ChannelsLastStem(Stem):
+    """:class:`Stem` that hands the network channels_last maps on the CPU."""
+
+    @classmethod
+    def fits(cls, module: nn.Module) -> bool:
+        return type(module) is Stem
+
+    def forward(self, x: Tensor) -> Tensor:
+        if applies(x):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
-def _channel_view(t: Tensor, x: Tensor) -> Tensor:
-    """A (C, ) tensor viewed to broadcast over the channels of ``x``."""
-    return t.view((1, -1) + (1, ) * (x.dim() - 2))
+class FastPooling(Pooling):
+    """:class:`Pooling` with the window sums of :func:`window_sum`."""
+
+    @classmethod
+    def fits(cls, module: nn.Module) -> bool:
+        return type(module) is Pooling and pool_window(module.pool) is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if applies(x) and _dense(x):
+            return _PoolMixer.apply(x, pool_window(self.pool))
+        return super().forward(x)
 
 
-class _GroupNorm1(torch.autograd.Function):
-    """``F.group_norm(x, 1, weight, bias, eps)`` with the statistics from
-    :func:`group_norm1_stats`. PyTorch's CUDA forward reduces each group in
-    one thread block, so with one group and one or two samples of
-    detection size (S12 at 2x3x800x1216) the GPU is nearly idle during the
-    norms, which were most of timm's and the default path's forward time
-    there (see docs/benchmark.md). Its backward reduces per sample and
-    channel and is used as it is."""
+class FusedMlp(Mlp):
+    """:class:`Mlp` of 1x1 convolutions around a GELU, whose training
+    forward and backward are one autograd function (:class:`_PointwiseMlp`)
+    on channels_last maps; without autograd the modules are as fast."""
 
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Optional[Tensor],
-                bias: Optional[Tensor], eps: float) -> Tensor:
-        x = x.contiguous()
-        mean, rstd = group_norm1_stats(x, eps)
-        scale = rstd if weight is None else rstd * _channel_view(weight, x)
-        if bias is None:
-            shift = torch.mul(mean, scale).neg_()
-        else:
-            shift = torch.addcmul(_channel_view(bias, x), mean, scale,
-                                  value=-1)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.has_bias = bias is not None
-        return torch.addcmul(shift, x, scale)
+    @classmethod
+    def fits(cls, module: nn.Module) -> bool:
+        return (type(module) is Mlp and type(module.act) is nn.GELU
+                and is_pointwise_conv(module.fc1)
+                and is_pointwise_conv(module.fc2))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, weight, mean, rstd = ctx.saved_tensors
-        n, c = x.shape[:2]
-        needs = ctx.needs_input_grad
-        grad_input, grad_weight, grad_bias = (
-            torch.ops.aten.native_group_norm_backward(
-                grad.contiguous(), x, mean.view(n, 1), rstd.view(n, 1),
-                weight, n, c, x[0, 0].numel(), 1,
-                [needs[0], weight is not None and needs[1],
-                 ctx.has_bias and needs[2]]))
-        return grad_input, grad_weight, grad_bias, None
+    def forward(self, x: Tensor) -> Tensor:
+        if (applies(x) and torch.is_grad_enabled() and _channels_last(x)
+                and not (self.training and self.drop.p > 0)):
+            return _PointwiseMlp.apply(x, self.fc1.weight, self.fc1.bias,
+                                       self.fc2.weight, self.fc2.bias,
+                                       self.act.approximate)
+        return super().forward(x)
 
 
-def _reduces_per_group(x: Tensor) -> bool:
-    """Whether :func:`group_norm` leaves a one-group norm of ``x`` to
-    PyTorch: off CUDA (on the CPU its kernels are fast, and the blocks'
-    fast path takes the token mixer's norm), with the fast ops off, and
-    while tracing or exporting (the autograd function would be an opaque
-    Python op there)."""
-    return (not _ENABLED or not x.is_cuda or torch.jit.is_tracing()
-            or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+class FusedPoolBlock(MetaFormerBlock):
+    """:class:`MetaFormerBlock` of PoolFormer (a pooling mixer after a
+    GroupNorm(1), no res-scale before it) whose token-mixing half is one
+    autograd function (:class:`_PoolNormResidual`); with stochastic depth
+    in training it runs the modules."""
 
+    @classmethod
+    def fits(cls, module: nn.Module) -> bool:
+        return (type(module) is MetaFormerBlock
+                and type(module.token_mixer) in (Pooling, FastPooling)
+                and pool_window(module.token_mixer.pool) is not None
+                and type(module.norm1) in (Fp32GroupNorm, nn.GroupNorm)
+                and is_group_norm1(module.norm1)
+                and isinstance(module.res_scale1, nn.Identity)
+                and channel_scale(module.layer_scale1)[0])
 
-# Below this many elements per sample PyTorch's one-block reduction takes
-# about as long as the extra launches of :class:`_GroupNorm1`. Measured on
-# an H100 with every norm of S12 on it, against PyTorch's (two runs each):
-# at 1x3x512x512 (maps of 2**17 to 2**20 elements) 0.62x-0.78x for the
-# train step and 0.68x-1.20x for eval, at 2x3x800x1216 fp16 (2**19 to
-# 2**22) 1.23x-1.30x and 2.9x-4.5x.
-GROUP_NORM1_MIN_SIZE = 2**20
-
-
-def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor],
-               bias: Optional[Tensor], eps: float) -> Tensor:
-    """``F.group_norm``; with one group on CUDA, for float32 / float64 maps
-    of at least :data:`GROUP_NORM1_MIN_SIZE` elements per sample and
-    parameters of their dtype (as ``Fp32GroupNorm`` passes them), as
-    :class:`_GroupNorm1`, which has no double backward."""
-    if (num_groups != 1 or x.dim() < 2 or x.numel() == 0
-            or x.dtype not in (torch.float32, torch.float64)
-            or any(t is not None and t.dtype != x.dtype
-                   for t in (weight, bias))
-            or x.shape[1:].numel() < GROUP_NORM1_MIN_SIZE
-            or _reduces_per_group(x)):
-        return F.group_norm(x, num_groups, weight, bias, eps)
-    return _GroupNorm1.apply(x, weight, bias, eps)
+    def forward(self, x: Tensor) -> Tensor:
+        if not (applies(x) and _dense(x)) or (
+                self.training and not isinstance(self.drop_path, nn.Identity)):
+            return super().forward(x)
+        x = _PoolNormResidual.apply(x, self.norm1.weight, self.norm1.bias,
+                                    channel_scale(self.layer_scale1)[1],
+                                    pool_window(self.token_mixer.pool),
+                                    float(self.norm1.eps))
+        return self.res_scale2(x) + self.drop_path(
+            self.layer_scale2(self.mlp(self.norm2(x))))

@@ -27,7 +27,7 @@ from timm.models.metaformer import checkpoint_filter_fn
 
 from conftest import CONFIGS
 from poolformer_mm import MetaFormer, PoolFormer
-from poolformer_mm.checkpoint import (convert_backbone_state_dict,
+from poolformer_mm.pretrained import (convert_backbone_state_dict,
                                       detect_format, load_pretrained)
 from poolformer_mm.models.backbones import metaformer as mf
 

@@ -1,5 +1,5 @@
-"""The inference fast path (``switch_to_deploy``) and the CPU fast ops of the
-default path: same outputs (and gradients) as the plain modules.
+"""The execution paths of :mod:`poolformer_mm.models.fast` against the
+reference network: same outputs (and gradients), same state dict.
 
 Timing goals are checked by ``tools/benchmark.py``, never here.
 """
@@ -10,11 +10,11 @@ import pickle
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from conftest import CONFIGS, run_tool
 
-from poolformer_mm import PoolFormer
-from poolformer_mm.models.backbones import deploy, fast_ops
+from poolformer_mm import MetaFormer, PoolFormer
+from poolformer_mm.models.backbones import metaformer as mf
+from poolformer_mm.models.fast import _as, cpu, cuda, folded
 
 # Relative error: max |deploy - default| over max |default|, per output.
 RTOL = 1e-4
@@ -70,7 +70,7 @@ def test_deploy_matches_default(arch, size, batch):
 def test_deploy_generic_kernels(monkeypatch):
     """The path used off CPU (CUDA, other dtypes), forced on CPU."""
     model, deployed = pair('s12')
-    monkeypatch.setattr(fast_ops, '_ONEDNN', False)
+    monkeypatch.setattr(cpu, '_ONEDNN', False)
     x = torch.randn(2, 3, 67, 93)
     with torch.no_grad():
         assert rel_err(model(x), deployed(x)) < RTOL
@@ -79,10 +79,9 @@ def test_deploy_generic_kernels(monkeypatch):
 def _force_off_cpu(monkeypatch):
     """The deploy blocks and the GroupNorm(1)s as they run on CUDA, on
     CPU (with the fast ops on)."""
-    monkeypatch.setattr(deploy, '_runs_off_cpu', lambda x: True)
-    monkeypatch.setattr(fast_ops, '_reduces_per_group',
-                        lambda x: not fast_ops._ENABLED)
-    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+    monkeypatch.setattr(folded, '_runs_off_cpu', lambda x: True)
+    monkeypatch.setattr(cuda, '_on_gpu', lambda x: True)
+    monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', 0)
 
 
 @pytest.mark.parametrize('arch', ['s12', 'poolformerv2_s12'])
@@ -91,52 +90,49 @@ def test_deploy_off_cpu_path(monkeypatch, arch):
     on CPU, against the modules on PyTorch's kernels; PoolFormerV2 for
     res-scales, StarReLU and bias-free norms."""
     torch.manual_seed(0)
-    if arch.startswith('poolformerv2'):
-        from poolformer_mm import MetaFormer
-        model = perturb(MetaFormer(arch)).eval()
-    else:
-        model = perturb(PoolFormer(arch)).eval()
+    backbone = MetaFormer if arch.startswith('poolformerv2') else PoolFormer
+    model = perturb(backbone(arch, impl='reference')).eval()
     x = torch.randn(2, 3, 67, 93)
-    with torch.no_grad(), fast_ops.plain_ops():
+    with torch.no_grad():
         ref = model(x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             ref_autocast = model(x)
     _force_off_cpu(monkeypatch)
-    runner = deploy.DeployRunner()
+    model.switch_impl('deploy')
     with torch.no_grad():
-        assert rel_err(ref, deploy.deploy_forward(model, runner, x)) < RTOL
+        assert rel_err(ref, model(x)) < RTOL
         # Under autocast: what autocast makes of the modules, to its
         # rounding, with the weights cast once.
         with torch.autocast('cpu', dtype=torch.bfloat16):
             for _ in range(2):
-                out = deploy.deploy_forward(model, runner, x)
+                out = model(x)
     assert rel_err(ref, out) < 2 * rel_err(ref, ref_autocast) + 1e-3
-    folded = [hit[1] for hit in runner._cache.values()
-              if isinstance(hit[1], deploy.FoldedBlock)]
-    assert len(folded) == 12
-    for p in folded:
-        assert set(p.casts) == {(torch.float32, torch.float32),
-                                (torch.float32, torch.bfloat16)}
+    blocks = [b for s in model.stages for b in s.blocks]
+    assert all(type(b) is folded.DeployPoolBlock for b in blocks)
+    assert len(blocks) == 12
+    for b in blocks:
+        assert set(b.folded().casts) == {(torch.float32, torch.float32),
+                                         (torch.float32, torch.bfloat16)}
 
 
 def test_deploy_off_cpu_half_model(monkeypatch):
     """A model cast to bfloat16, alone and under autocast: the residual
     stream stays bfloat16, as in the modules, the statistics float32."""
     torch.manual_seed(0)
-    model = perturb(PoolFormer('s12')).eval()
+    model = perturb(PoolFormer('s12', impl='reference')).eval()
     x = torch.randn(2, 3, 67, 93)
-    with torch.no_grad(), fast_ops.plain_ops():
+    with torch.no_grad():
         ref = model(x)
         model = model.bfloat16()
         ref_half = model(x.bfloat16())
         with torch.autocast('cpu', dtype=torch.bfloat16):
             ref_autocast = model(x.bfloat16())
     _force_off_cpu(monkeypatch)
-    runner = deploy.DeployRunner()
+    model.switch_to_deploy()
     with torch.no_grad():
-        out_half = deploy.deploy_forward(model, runner, x.bfloat16())
+        out_half = model(x.bfloat16())
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            out_autocast = deploy.deploy_forward(model, runner, x.bfloat16())
+            out_autocast = model(x.bfloat16())
     for mine, theirs in ((out_half, ref_half),
                          (out_autocast, ref_autocast)):
         assert [o.dtype for o in mine] == [o.dtype for o in theirs]
@@ -146,7 +142,7 @@ def test_deploy_off_cpu_half_model(monkeypatch):
 def test_group_norm1_stats_half_precision():
     # A float16 variance would overflow (std 300: 9e4 > 65504).
     x = (torch.randn(2, 8, 16, 16) * 300).half()
-    mean, rstd = fast_ops.group_norm1_stats(x, 1e-5)
+    mean, rstd = cuda.group_norm1_stats(x, 1e-5)
     assert mean.dtype == rstd.dtype == torch.float32
     ref_var, ref_mean = torch.var_mean(
         x.double().flatten(1), dim=1, correction=0)
@@ -156,10 +152,9 @@ def test_group_norm1_stats_half_precision():
 
 @pytest.mark.parametrize('shape', [(2, 6, 5, 7), (3, 4, 9), (2, 5)])
 def test_group_norm1_off_cpu(monkeypatch, shape):
-    """GroupNorm(1) as it runs off the CPU (:class:`fast_ops._GroupNorm1`),
-    forced on CPU: gradcheck, and against ``F.group_norm``."""
-    monkeypatch.setattr(fast_ops, '_reduces_per_group', lambda x: False)
-    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+    """GroupNorm(1) as it runs on CUDA (:class:`cuda._GroupNorm1`), forced on
+    CPU: gradcheck, and :class:`cuda.GroupNorm1` against the reference
+    ``Fp32GroupNorm``."""
     torch.manual_seed(0)
     channels = shape[1]
     x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
@@ -170,62 +165,52 @@ def test_group_norm1_off_cpu(monkeypatch, shape):
         args = [t.clone().requires_grad_() if t is not None else None
                 for t in (w, b)]
         assert torch.autograd.gradcheck(
-            lambda *t: fast_ops.group_norm(t[0], 1, *t[1:], 1e-5),
-            (x, *args))
-        x32 = x.detach().float().requires_grad_()
-        args32 = [t.detach().float().requires_grad_() if t is not None
-                  else None for t in (w, b)]
-        ref_args = [t.detach().clone().requires_grad_() if t is not None
-                    else None for t in args32]
-        ref_x = x32.detach().clone().requires_grad_()
-        out = fast_ops.group_norm(x32, 1, *args32, 1e-5)
-        ref = F.group_norm(ref_x, 1, *ref_args, 1e-5)
+            lambda *t: cuda._GroupNorm1.apply(*t, 1e-5), (x, *args))
+    monkeypatch.setattr(cuda, '_on_gpu', lambda x: True)
+    monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', 0)
+    calls = []
+    apply = cuda._GroupNorm1.apply
+    monkeypatch.setattr(cuda._GroupNorm1, 'apply',
+                        lambda *a: calls.append(a) or apply(*a))
+    ref_norm = mf.Fp32GroupNorm(channels, 1, eps=1e-5)
+    with torch.no_grad():
+        ref_norm.weight.uniform_(0.5, 1.5)
+        ref_norm.bias.normal_()
+    for dtype in (torch.float32, torch.bfloat16):
+        norm = copy.deepcopy(ref_norm)
+        model = nn.Sequential(norm).float()
+        model[0] = _as(norm, cuda.GroupNorm1)
+        inp = x.detach().to(dtype).requires_grad_()
+        ref_inp = x.detach().to(dtype).requires_grad_()
+        out, ref = model(inp), ref_norm(ref_inp)
+        assert out.dtype == ref.dtype == dtype
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         grad = torch.randn_like(out)
-        out.backward(grad)
-        ref.backward(grad)
-        for mine, theirs in zip([x32] + args32, [ref_x] + ref_args):
-            if mine is not None:
-                torch.testing.assert_close(mine.grad, theirs.grad,
-                                           rtol=1e-4, atol=1e-5)
-    # No input gradient, and an empty batch.
-    w32 = weight.float().requires_grad_()
-    fast_ops.group_norm(x.detach().float(), 1, w32, None, 1e-5).sum(
-    ).backward()
-    torch.testing.assert_close(
-        w32.grad, F.group_norm(x.detach().float(), 1, None, None,
-                               1e-5).sum(dim=tuple(
-                                   [0] + list(range(2, x.dim())))))
-    assert fast_ops.group_norm(x.detach()[:0], 1, None, None,
-                               1e-5).shape == x[:0].shape
-    # Small maps, other dtypes than the parameters', and the CPU keep
-    # PyTorch's kernels.
-    calls = []
-    monkeypatch.setattr(fast_ops._GroupNorm1, 'apply',
-                        lambda *args: calls.append(args) or args[0])
-    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', x[0].numel() + 1)
-    fast_ops.group_norm(x, 1, None, None, 1e-5)
-    assert not calls
-    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', x[0].numel())
-    fast_ops.group_norm(x, 1, None, None, 1e-5)
-    assert len(calls) == 1
-    with pytest.raises(RuntimeError, match='mixed dtype'):  # PyTorch's
-        fast_ops.group_norm(x, 1, weight.float(), None, 1e-5)
-    fast_ops.group_norm(x.bfloat16(), 1, None, None, 1e-5)
-    assert len(calls) == 1
-    monkeypatch.undo()
-    assert fast_ops._reduces_per_group(x)
+        mine = torch.autograd.grad(out, [inp, norm.weight, norm.bias], grad)
+        theirs = torch.autograd.grad(
+            ref, [ref_inp, ref_norm.weight, ref_norm.bias], grad)
+        for m, t in zip(mine, theirs):
+            torch.testing.assert_close(m, t, rtol=1e-4, atol=1e-5)
+    assert len(calls) == 2
+    # Small maps keep PyTorch's kernel, and so does the CPU.
+    monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', x[0].numel() + 1)
+    model(x.detach().float())
+    monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', 0)
+    monkeypatch.setattr(cuda, '_on_gpu', lambda x: x.is_cuda)
+    model(x.detach().float())
+    assert len(calls) == 2
+    assert model(x.detach()[:0].float()).shape == x[:0].shape
 
 
 def test_deploy_two_pass_statistics(monkeypatch):
     """A mean far above the spread takes the two-pass variance."""
-    monkeypatch.setattr(fast_ops, '_ONE_PASS_MAX_RATIO', 0.)
+    monkeypatch.setattr(cpu, '_ONE_PASS_MAX_RATIO', 0.)
     model, deployed = pair('s12')
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert rel_err(model(x), deployed(x)) < RTOL
     x = torch.randn(2, 8, 5, 7) * 0.01 + 1000.
-    mean, rstd = fast_ops.mean_rstd(x, 1e-5)
+    mean, rstd = cpu.mean_rstd(x, 1e-5)
     ref_var, ref_mean = torch.var_mean(
         x.double().flatten(1), dim=1, correction=0)
     torch.testing.assert_close(
@@ -246,18 +231,16 @@ def test_deploy_without_layer_scale_and_other_pool_size():
 def test_deploy_metaformer_res_scale_and_star_relu():
     """PoolFormerV2 blocks: res-scales, StarReLU, bias-free GroupNorm,
     normed stem and downsamplings (run as they are)."""
-    metaformer = pytest.importorskip('poolformer_mm').MetaFormer
     torch.manual_seed(0)
-    model = perturb(metaformer('poolformerv2_s12')).eval()
+    model = perturb(MetaFormer('poolformerv2_s12')).eval()
     blocks = [b for s in model.stages for b in s.blocks]
-    assert all(deploy.can_fold(b) for b in blocks)
+    assert all(folded.can_fold(b) for b in blocks)
+    deployed = copy.deepcopy(model).switch_to_deploy()
     x = torch.randn(1, 3, 64, 80)
-    runner = deploy.DeployRunner()
     with torch.no_grad():
         ref = model(x)
         for _ in range(3):
-            assert rel_err(ref, deploy.deploy_forward(model, runner,
-                                                      x)) < RTOL
+            assert rel_err(ref, deployed(x)) < RTOL
 
 
 def test_weights_loaded_after_switch_are_used(tmp_path):
@@ -285,11 +268,17 @@ def test_weights_loaded_after_switch_are_used(tmp_path):
 def test_state_dict_unchanged_and_copies():
     model, deployed = pair('s12')
     assert list(model.state_dict()) == list(deployed.state_dict())
-    twin = copy.deepcopy(deployed)
-    assert twin.deploy and twin._deploy_runner is not deployed._deploy_runner
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
-        assert rel_err(model(x), twin(x)) < RTOL
+        deployed(x), deployed(x)  # folded, weights reordered
+    block = deployed.stages[0].blocks[0]
+    assert hasattr(block, '_fast_folded')
+    for twin in (copy.deepcopy(deployed),
+                 pickle.loads(pickle.dumps(deployed))):
+        assert twin.deploy and not hasattr(twin.stages[0].blocks[0],
+                                           '_fast_folded')
+        with torch.no_grad():
+            assert rel_err(model(x), twin(x)) < RTOL
 
 
 def test_deploy_is_inference_only():
@@ -321,7 +310,7 @@ def test_deploy_from_config(scope):
 
 
 def test_switch_model_to_deploy():
-    from poolformer_mm.utils.deploy import switch_model_to_deploy
+    from poolformer_mm.engine.hooks import switch_model_to_deploy
     detector = nn.ModuleDict(dict(backbone=PoolFormer('s12'),
                                   neck=nn.Conv2d(3, 3, 1)))
     assert switch_model_to_deploy(detector) == ['backbone']
@@ -344,7 +333,8 @@ def test_pool_mixer_matches_avg_pool(pool_size, shape, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     grad = torch.randn(shape)
-    out = fast_ops.pool_mixer(pool, x)
+    mixer = mf.Pooling(pool_size)
+    out = _as(mixer, cpu.FastPooling)(x)
     (gx, ) = torch.autograd.grad(out, x, grad)
     x_ref = x.detach().clone().requires_grad_()
     ref = pool(x_ref) - x_ref
@@ -369,7 +359,7 @@ def test_pool_norm_residual_gradcheck(affine, layer_scale, pool_size):
     if layer_scale:
         scale = (torch.rand(3, dtype=torch.float64) + 0.1).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda *args: fast_ops._PoolNormResidual.apply(*args, pool_size, 1e-5),
+        lambda *args: cpu._PoolNormResidual.apply(*args, pool_size, 1e-5),
         (x, weight, bias, scale))
 
 
@@ -393,8 +383,8 @@ def test_pool_norm_residual_matches_modules(channels_last):
     for fused in (True, False):
         inp = x.detach().clone().requires_grad_()
         if fused:
-            out = fast_ops.pool_norm_residual(inp, pool, norm, scale)
-            assert out is not None
+            out = cpu._PoolNormResidual.apply(inp, norm.weight, norm.bias,
+                                              scale, 3, norm.eps)
         else:
             y = norm(inp)
             out = inp + scale.view(-1, 1, 1) * (pool(y) - y)
@@ -422,7 +412,8 @@ def test_pointwise_mlp_matches_modules(approximate, bias):
     results = []
     for fused in (True, False):
         inp = x.detach().clone().requires_grad_()
-        out = (fast_ops.pointwise_mlp(fc1, act, fc2, inp)
+        out = (cpu._PointwiseMlp.apply(inp, fc1.weight, fc1.bias,
+                                       fc2.weight, fc2.bias, approximate)
                if fused else fc2(act(fc1(inp))))
         results.append([out] + list(
             torch.autograd.grad(out, [inp] + params, grad)))
@@ -431,7 +422,8 @@ def test_pointwise_mlp_matches_modules(approximate, bias):
     # Frozen weights and an input without grad, as in frozen stages.
     fc1.requires_grad_(False)
     inp = x.detach().clone()
-    out = fast_ops.pointwise_mlp(fc1, act, fc2, inp)
+    out = cpu._PointwiseMlp.apply(inp, fc1.weight, fc1.bias, fc2.weight,
+                                  fc2.bias, approximate)
     out.backward(grad)
     assert fc1.weight.grad is None and fc2.weight.grad is not None
 
@@ -446,36 +438,48 @@ def test_pointwise_mlp_gradcheck():
             torch.randn(3, dtype=torch.float64))
     args = tuple(a.requires_grad_() for a in args)
     assert torch.autograd.gradcheck(
-        lambda *a: fast_ops._PointwiseMlp.apply(*a, 'none'), args)
+        lambda *a: cpu._PointwiseMlp.apply(*a, 'none'), args)
 
 
-def test_fused_block_paths_apply_only_where_exact():
-    """Where the fused operations would compute something else (stochastic
-    depth or dropout in training, other dtypes, plain_ops), the modules
-    run."""
-    from poolformer_mm.models.backbones.metaformer import MetaFormerBlock
+def test_fast_modules_apply_only_where_exact(monkeypatch):
+    """Where the fused functions would compute something else (stochastic
+    depth or dropout in training, other dtypes, autocast, tracing) the
+    reference computation runs."""
+    calls = []
+    for name in ('_PoolNormResidual', '_PointwiseMlp'):
+        fn = getattr(cpu, name)
+        monkeypatch.setattr(fn, 'apply', lambda *a, _f=fn.apply, _n=name:
+                            calls.append(_n) or _f(*a))
     block = PoolFormer('s12', drop_path_rate=0.5).stages[3].blocks[1]
-    assert isinstance(block, MetaFormerBlock)
+    assert type(block) is cpu.FusedPoolBlock
+    assert type(block.mlp) is cpu.FusedMlp
     x = torch.randn(1, 512, 4, 4).contiguous(
         memory_format=torch.channels_last)
-    block.eval()
-    assert block._fused_token_mixing(x) is not None
-    block.train()
-    assert block._fused_token_mixing(x) is None
+    block.eval()(x)
+    assert calls == ['_PoolNormResidual', '_PointwiseMlp']
+    calls.clear()
+    block.train()(x)
+    assert calls == ['_PointwiseMlp']  # stochastic depth: the modules
+    calls.clear()
     block = PoolFormer('s12').stages[0].blocks[0].train()
     x = torch.randn(1, 64, 4, 4).contiguous(memory_format=torch.channels_last)
-    assert block._fused_token_mixing(x) is not None
-    assert block._fused_token_mixing(x.double()) is None
-    for context in (fast_ops.plain_ops, fast_ops.unfused_blocks):
-        with context():
-            assert block._fused_token_mixing(x) is None
-            assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
-                                          block.mlp.fc2, x) is None
-    assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
-                                  block.mlp.fc2, x) is not None
-    with torch.no_grad():
-        assert fast_ops.pointwise_mlp(block.mlp.fc1, block.mlp.act,
-                                      block.mlp.fc2, x) is None
+    block(x)
+    assert calls == ['_PoolNormResidual', '_PointwiseMlp']
+    calls.clear()
+    copy.deepcopy(block).double()(x.double())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        block(x)
+    torch.jit.trace(block, x, check_trace=False)
+    assert calls == []
+    with torch.no_grad():  # without autograd the MLP's modules are as fast
+        block(x)
+    assert calls == ['_PoolNormResidual']
+    # Modules of other configurations are not replaced.
+    model = PoolFormer(dict(layers=[1] * 4, embed_dims=[8] * 4, mlp_ratios=1,
+                            layer_scale_init_value=1e-5),
+                       act_cfg=dict(type='ReLU'), pool_size=2)
+    assert not any(isinstance(m, (cpu.FusedMlp, cpu.FastPooling))
+                   for m in model.modules())
 
 
 def test_deploy_under_inference_mode_then_no_grad():
@@ -498,7 +502,7 @@ def test_channels_last_inside_contiguous_outside():
     from mmcv.ops import roi_align
     model = PoolFormer('s12').eval()
     layouts = []
-    model.stem.register_forward_pre_hook(
+    model.stem.conv.register_forward_pre_hook(
         lambda m, inp: layouts.append(
             inp[0].is_contiguous(memory_format=torch.channels_last)))
     x = torch.randn(1, 3, 64, 48)
@@ -506,8 +510,8 @@ def test_channels_last_inside_contiguous_outside():
         outs = model(x)
         assert layouts == [True]
         assert all(o.is_contiguous() for o in outs)
-        with fast_ops.plain_ops():
-            ref = model(x)
+        # The copy keeps the hook: the reference runs NCHW.
+        ref = copy.deepcopy(model).switch_impl('reference')(x)
         assert layouts == [True, False]
         assert rel_err(ref, outs) < 1e-5
         with torch.autocast('cpu', dtype=torch.bfloat16):
@@ -522,33 +526,100 @@ def test_channels_last_inside_contiguous_outside():
         assert not torch.allclose(expected, wrong)
 
 
-@pytest.mark.parametrize('norms_off_cpu', [False, True])
-def test_default_path_matches_plain_ops(monkeypatch, norms_off_cpu):
-    if norms_off_cpu:  # the GroupNorm(1)s as they run on CUDA
-        monkeypatch.setattr(fast_ops, '_reduces_per_group',
-                            lambda x: not fast_ops._ENABLED)
-        monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+def _run(model, x, autocast):
+    """Outputs, and every parameter's and the input's gradient."""
+    model.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        out = model(x)
+    sum(o.float().square().mean() for o in out).backward()
+    return ([o.detach().float() for o in out],
+            [x.grad] + [p.grad for p in model.parameters()])
+
+
+TINY_V1 = dict(layers=[1, 2, 1, 1], embed_dims=[16, 24, 32, 40], mlp_ratios=2,
+               layer_scale_init_value=0.5)
+
+
+@pytest.mark.parametrize('build', [
+    lambda impl: PoolFormer('s12', impl=impl),
+    lambda impl: PoolFormer(TINY_V1, pool_size=5, out_indices=(3, 0),
+                            impl=impl),
+    lambda impl: MetaFormer('poolformerv2_s12', impl=impl),
+    lambda impl: MetaFormer('caformer_s18', impl=impl),
+], ids=['poolformer_s12', 'poolformer_tiny_pool5', 'poolformerv2_s12',
+        'caformer_s18'])
+@pytest.mark.parametrize('layout,mode,norms_off_cpu', [
+    (layout, mode, False) for layout in ('nchw', 'channels_last')
+    for mode in ('train', 'eval', 'bf16_autocast')
+] + [('nchw', 'train', True), ('nchw', 'eval', True)])
+def test_auto_matches_reference(monkeypatch, build, layout, mode,
+                                norms_off_cpu):
+    """impl='auto' against impl='reference': same state dict, outputs and
+    every gradient (parameters and input), at an odd size, NCHW and
+    channels_last input, train and eval mode, float32 and bfloat16
+    autocast; with the CUDA GroupNorm(1) forced on the CPU too."""
+    if norms_off_cpu:
+        monkeypatch.setattr(cuda, '_on_gpu', lambda x: True)
+        monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', 0)
     torch.manual_seed(0)
-    model = perturb(PoolFormer('s12'))
+    ref = perturb(build('reference'))
+    fast = build('auto')
+    fast.load_state_dict(ref.state_dict())
+    assert [(k, v.shape) for k, v in ref.state_dict().items()] == [
+        (k, v.shape) for k, v in fast.state_dict().items()]
+    assert any(type(m).__module__.startswith('poolformer_mm.models.fast')
+               for m in fast.modules())
+    assert not any(
+        type(m).__module__.startswith('poolformer_mm.models.fast')
+        for m in ref.modules())
+    for model in (ref, fast):
+        model.train(mode == 'train')
     x = torch.randn(2, 3, 67, 93)
-    outs, grads = [], []
-    for context in (fast_ops.plain_ops, torch.enable_grad):
-        model.zero_grad()
-        with context():
-            out = model(x)
-        sum(o.square().mean() for o in out).backward()
-        outs.append(out)
-        grads.append([p.grad.clone() for p in model.parameters()])
-    assert rel_err(outs[0], outs[1]) < 1e-5
-    for ref, grad in zip(*grads):
-        # Some gradients are zero up to rounding (norm1's bias cancels in
-        # pool(y) - y): compare with a small absolute floor.
-        assert (ref - grad).abs().max() <= 1e-4 * ref.abs().max() + 1e-7
-    model.eval()
-    with torch.no_grad(), fast_ops.plain_ops():
-        ref = model(x)
-    with torch.no_grad():
-        assert rel_err(ref, model(x)) < 1e-5
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    (out_ref, grads_ref), (out, grads) = (_run(m, x, mode == 'bf16_autocast')
+                                          for m in (ref, fast))
+    tol = 2e-2 if mode == 'bf16_autocast' else 1e-5
+    assert rel_err(out_ref, out) < tol
+    assert all(o.is_contiguous() for o in out)
+    for r, g in zip(grads_ref, grads):
+        assert (r is None) == (g is None)
+        if r is not None:
+            # Some gradients are zero up to rounding (norm1's bias cancels
+            # in pool(y) - y): compare with a small absolute floor.
+            assert (r - g).abs().max() <= 10 * tol * r.abs().max() + 1e-7
+
+
+def test_switch_impl_round_trip():
+    model = PoolFormer('s12')
+    reference = [
+        type(m) for m in PoolFormer('s12', impl='reference').modules()
+    ]
+    params = list(model.parameters())
+    for impl in ('reference', 'deploy', 'auto', 'reference'):
+        model.switch_impl(impl)
+        assert model.impl == impl
+        assert all(p is q for p, q in zip(params, model.parameters()))
+    assert [type(m) for m in model.modules()] == reference
+    with pytest.raises(ValueError, match=r"impl must be one of .*'auto'.*"
+                       r"got 'fast'"):
+        PoolFormer('s12', impl='fast')
+
+
+def test_reference_exports_to_onnx(tmp_path):
+    """The reference network exports with torch.onnx.export, dynamic height
+    and width, no context manager; so does the default-built one (its
+    fast modules run the reference computation while exporting)."""
+    pytest.importorskip('onnx')
+    for impl in ('reference', 'auto'):
+        model = PoolFormer(TINY_V1, impl=impl).eval()
+        path = tmp_path / f'{impl}.onnx'
+        torch.onnx.export(
+            model, (torch.randn(1, 3, 64, 64), ), str(path), dynamo=False,
+            input_names=['image'],
+            dynamic_axes={'image': {2: 'height', 3: 'width'}})
+        assert path.stat().st_size > 0
 
 
 # ---------------------------------------------------------------------------
@@ -559,10 +630,10 @@ def test_tools_test_deploy(demo_data, tmp_path):
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
-    from poolformer_mm.utils.runner import register_scope_modules
+    from mmdet.utils import register_all_modules
     config = osp.join(CONFIGS, 'demo', 'retinanet_poolformer_s12_demo.py')
     cfg = Config.fromfile(config)
-    register_scope_modules('mmdet')
+    register_all_modules(init_default_scope=False)
     from mmdet.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmdet'):
         detector = MODELS.build(cfg.model)
@@ -627,8 +698,8 @@ def test_default_path_cuda_matches_cpu(monkeypatch):
     fast path computes: outputs and every gradient."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
-    # Every GroupNorm(1) on CUDA as fast_ops._GroupNorm1.
-    monkeypatch.setattr(fast_ops, 'GROUP_NORM1_MIN_SIZE', 0)
+    # Every GroupNorm(1) on CUDA as cuda._GroupNorm1.
+    monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', 0)
     torch.manual_seed(0)
     model = perturb(PoolFormer('s12'))
     x = torch.randn(2, 3, 67, 93)

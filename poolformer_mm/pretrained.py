@@ -371,3 +371,42 @@ def load_pretrained(model: torch.nn.Module,
         f'{": " + ", ".join(ignored) if ignored else ""}')
     return dict(format=fmt, loaded=list(loadable), missing=missing,
                 ignored=ignored)
+
+
+def init_weights(module: torch.nn.Module, init_others) -> None:
+    """Apply a backbone's ``init_cfg``: ``Pretrained`` entries through
+    :func:`load_pretrained`, the others through ``init_others`` (mmengine's
+    ``BaseModule.init_weights`` of ``module``). Nothing happens without
+    ``init_cfg``.
+
+    Args:
+        module (BaseModule): The backbone, with ``init_cfg``.
+        init_others (callable): Applies ``module.init_cfg`` the mmengine way.
+
+    Raises:
+        ValueError: A ``Pretrained`` entry without ``checkpoint`` or with
+            keys other than ``checkpoint``, ``prefix``, ``map_location``.
+    """
+    if module.init_cfg is None:
+        return
+    cfgs = (module.init_cfg
+            if isinstance(module.init_cfg, list) else [module.init_cfg])
+    pretrained = [c for c in cfgs if c.get('type') == 'Pretrained']
+    others = [c for c in cfgs if c.get('type') != 'Pretrained']
+    if others:
+        init_cfg, module.init_cfg = module.init_cfg, others
+        init_others()
+        module.init_cfg = init_cfg
+    for cfg in pretrained:
+        unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
+        if unknown or 'checkpoint' not in cfg:
+            raise ValueError(
+                f'Pretrained init_cfg {cfg} must have `checkpoint` and may '
+                f'have `prefix`, `map_location`; unknown keys: '
+                f'{sorted(unknown)}')
+        load_pretrained(
+            module,
+            cfg['checkpoint'],
+            prefix=cfg.get('prefix'),
+            map_location=cfg.get('map_location', 'cpu'))
+    module._is_init = True

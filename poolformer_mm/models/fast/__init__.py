@@ -1,0 +1,109 @@
+"""Faster ways to execute the backbones, beside the reference network.
+
+A backbone's ``impl`` argument (or its ``switch_impl()``) chooses one, here and
+nowhere else (:func:`apply_impl`):
+
+- ``'reference'``: the modules of
+  :mod:`poolformer_mm.models.backbones.metaformer` as built.
+- ``'auto'`` (the default): module by module, a faster module with the same
+  parameters where one computes the same thing (:data:`AUTO_MODULES`). Each
+  serves the inputs it is written for and runs the reference ``forward`` for
+  all others: :mod:`.cpu` float32 CPU maps (not under autocast, tracing,
+  export or ``torch.compile``), :mod:`.cuda` large CUDA maps.
+- ``'deploy'``: inference only: ``'auto'`` with foldable PoolFormer blocks,
+  the stem and the downsampling convolutions replaced by the folded path of
+  :mod:`.folded` (:data:`DEPLOY_MODULES`); what ``switch_to_deploy()`` and
+  ``tools/test.py --deploy`` select.
+
+A replacement takes over the module's parameters, buffers, children and hooks
+(the same objects), so the state dict keeps its names and order, and
+switching back to ``'reference'`` restores the reference classes exactly.
+Every replacement is tested against the reference module (tests/test_models).
+"""
+from collections import Counter
+from typing import Callable, Optional, Sequence, Type
+
+import torch.nn as nn
+from mmengine.logging import print_log
+
+from .cpu import ChannelsLastStem, FastPooling, FusedMlp, FusedPoolBlock
+from .cuda import GroupNorm1
+from .folded import (DeployDownsampling, DeployPoolBlock, DeployStage,
+                     DeployStem)
+
+IMPLS = ('auto', 'reference', 'deploy')
+# Tried in this order on every module (blocks before the norms and pooling
+# inside them, whose exact types the block replacements check).
+AUTO_MODULES = (FusedPoolBlock, GroupNorm1, FastPooling, FusedMlp,
+                ChannelsLastStem)
+DEPLOY_MODULES = (DeployPoolBlock, DeployStage, DeployStem,
+                  DeployDownsampling)
+_FAST_MODULES = AUTO_MODULES + DEPLOY_MODULES
+
+
+def reference_type(module: nn.Module) -> Type[nn.Module]:
+    """The reference class a module of this package stands in for (its own
+    class for a reference module)."""
+    for cls in type(module).__mro__:
+        if cls not in _FAST_MODULES and issubclass(cls, nn.Module):
+            return cls
+    return type(module)
+
+
+def _as(module: nn.Module, cls: Type[nn.Module]) -> nn.Module:
+    """A module of class ``cls`` holding ``module``'s state (parameters,
+    buffers, children, hooks: the same objects), without its caches."""
+    new = cls.__new__(cls)
+    new.__dict__.update({
+        k: v
+        for k, v in module.__dict__.items() if not k.startswith('_fast_')
+    })
+    return new
+
+
+def _replace(module: nn.Module,
+             choose: Callable[[nn.Module], Optional[type]]) -> None:
+    """Replace every submodule of ``module`` for which ``choose`` names
+    another class, depth first from the outside in."""
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        cls = choose(child)
+        if cls is not None and cls is not type(child):
+            child = module._modules[name] = _as(child, cls)
+        _replace(child, choose)
+
+
+def _first_fit(types: Sequence[type]) -> Callable[[nn.Module], Optional[type]]:
+
+    def choose(module: nn.Module) -> Optional[type]:
+        return next((cls for cls in types if cls.fits(module)), None)
+
+    return choose
+
+
+def apply_impl(model: nn.Module, impl: str) -> None:
+    """Execute ``model`` (a backbone of this package) by ``impl``, one of
+    :data:`IMPLS`, and log which modules run which path.
+
+    Raises:
+        ValueError: ``impl`` is not one of :data:`IMPLS`.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+    _replace(model, reference_type)
+    if impl in ('auto', 'deploy'):
+        _replace(model, _first_fit(AUTO_MODULES))
+    if impl == 'deploy':
+        _replace(model, _first_fit(DEPLOY_MODULES))
+    model.impl = impl
+    if impl == 'deploy':
+        model.eval()
+    counts = Counter(
+        type(m).__name__ for m in model.modules()
+        if type(m) in _FAST_MODULES)
+    replaced = ', '.join(f'{n} x{c}' for n, c in sorted(counts.items()))
+    print_log(
+        f'{type(model).__name__} ({getattr(model, "arch_name", "?")}) runs '
+        f"impl='{impl}'" + (f': {replaced}' if replaced else ''),
+        logger='current')
