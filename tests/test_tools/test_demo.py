@@ -169,6 +169,30 @@ METRIC = {'retinanet': 'coco/bbox_mAP', 'mask_rcnn': 'coco/segm_mAP',
 
 
 @pytest.mark.parametrize('model', ['retinanet', 'mask_rcnn', 'sem_fpn'])
+def test_demo_backbone_starts_layer_scales_at_one(model):
+    """The demos train S12 from scratch: the arch by name, its layer scales
+    started at 1 by the backbone argument, no pretrained weights; the shared
+    settings of configs/demo/_base_ are merged, not left as a `demo` key."""
+    from mmengine.config import Config
+
+    from poolformer_mm import PoolFormer
+    cfg = Config.fromfile(
+        osp.join(CONFIGS, 'demo', f'{model}_poolformer_s12_demo.py'))
+    assert 'demo' not in cfg
+    backbone = cfg.model.backbone.copy()
+    assert backbone.pop('type') == 'PoolFormer'
+    assert backbone.arch == 's12' and backbone.init_cfg is None
+    assert backbone.layer_scale_init_value == 1.0
+    scales = {
+        name: value
+        for name, value in PoolFormer(**backbone).state_dict().items()
+        if name.endswith(('layer_scale1.scale', 'layer_scale2.scale'))
+    }
+    assert len(scales) == 2 * 12  # two per block, 2 + 2 + 6 + 2 blocks
+    assert all(bool((value == 1).all()) for value in scales.values())
+
+
+@pytest.mark.parametrize('model', ['retinanet', 'mask_rcnn', 'sem_fpn'])
 def test_demo_config_trains_and_tests(model, demo_data, tmp_path):
     config = osp.join(CONFIGS, 'demo', f'{model}_poolformer_s12_demo.py')
     scope = 'mmseg' if model == 'sem_fpn' else 'mmdet'
