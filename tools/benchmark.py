@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import copy
 import gc
+import itertools
 import json
 import os
 import os.path as osp
@@ -43,7 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -94,6 +95,14 @@ def parse_args(argv=None):
         type=int,
         help='torch intra-op threads (CPU); default: torch\'s default')
     parser.add_argument('--reps', type=int, default=10)
+    parser.add_argument(
+        '--vary-size',
+        type=int,
+        default=0,
+        metavar='K',
+        help='cycle every call through K input sizes (the given size plus '
+        'multiples of 32, as padded detection batches vary), e.g. to see '
+        'torch.compile recompile')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument(
         '--variants',
@@ -251,13 +260,30 @@ class Bench:
         torch.manual_seed(0)
         return self.build_ours(**kwargs).to(self.device)
 
+    def _inputs(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """``x`` at every call, or with ``--vary-size K`` the next of K
+        inputs of other sizes (multiples of 32 added), in ``x``'s layout."""
+        k = self.args.vary_size
+        if k <= 1:
+            return itertools.repeat(x)
+        n, c, h, w = x.shape
+        layout = (torch.channels_last
+                  if x.is_contiguous(memory_format=torch.channels_last)
+                  and not x.is_contiguous() else torch.contiguous_format)
+        sizes = [(h + 32 * (i % 4), w + 32 * (3 * i % 5)) for i in range(k)]
+        return itertools.cycle([
+            torch.randn(n, c, *size, device=x.device).contiguous(
+                memory_format=layout) for size in sizes
+        ])
+
     def _eval_fn(self, model, x, timm_api=False):
         model.eval()
         device, dtype = self.device, self.dtype
+        inputs = self._inputs(x)
 
         def run():
             with torch.inference_mode(), autocast(device, dtype):
-                return outputs_of(model, x, timm_api)
+                return outputs_of(model, next(inputs), timm_api)
 
         return run
 
@@ -265,12 +291,13 @@ class Bench:
         model.train()
         device, dtype = self.device, self.dtype
         params = [p for p in model.parameters() if p.requires_grad]
+        inputs = self._inputs(x)
 
         def run():
             for p in params:
                 p.grad = None
             with autocast(device, dtype):
-                outs = outputs_of(model, x, timm_api)
+                outs = outputs_of(model, next(inputs), timm_api)
                 loss = sum(o.float().mean() for o in outs)
             loss.backward()
             return loss

@@ -8,6 +8,7 @@ import os.path as osp
 import re
 
 import pytest
+import torch
 from conftest import ROOT
 
 
@@ -79,7 +80,8 @@ def test_paired_ratio():
 def test_metaformer_rows_go_by_their_arch():
     benchmark = load_benchmark()
     out = benchmark.main(['--arch', 'convformer_s18', *QUICK, '--variants',
-                          'ours', 'deploy', 'floor_1x1', '--no-train'])
+                          'ours', 'deploy', 'floor_1x1', '--no-train',
+                          '--vary-size', '2'])
     assert '| MetaFormer convformer_s18 (default) |' in out['table']
     assert 'PoolFormer' not in out['table']
     # Their stem and downsampling run folded, their blocks as 'auto'.
@@ -95,3 +97,17 @@ def test_profile_train_step(capsys):
     with pytest.raises(SystemExit, match='no train run'):
         benchmark.main(['--arch', 's12', *QUICK, '--profile', 'deploy',
                         '--profile-phase', 'train'])
+
+
+def test_vary_size_cycles_through_sizes():
+    benchmark = load_benchmark()
+    args = benchmark.parse_args(['--size', '64', '96', '--vary-size', '3'])
+    bench = benchmark.Bench(args)
+    inputs = bench._inputs(bench.x_cl)
+    shapes = [tuple(next(inputs).shape[2:]) for _ in range(6)]
+    assert shapes[:3] == [(64, 96), (96, 192), (128, 128)]
+    assert shapes[3:] == shapes[:3]
+    assert next(inputs).is_contiguous(memory_format=torch.channels_last)
+    args = benchmark.parse_args(['--size', '64', '96'])
+    inputs = benchmark.Bench(args)._inputs(bench.x)
+    assert next(inputs) is next(inputs) is bench.x
