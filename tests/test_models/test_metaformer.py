@@ -1,5 +1,6 @@
 """MetaFormer Baselines backbones: parity with timm and with the original
-naming, shapes at odd sizes, options, registry, mixed precision and configs.
+naming, structure, registry, mixed precision and configs (what MetaFormer
+shares with PoolFormer is tested on both in test_backbones.py).
 
 timm's ``MetaFormer`` is the reference network. timm has no IdentityFormer
 nor RandFormer, so for those the reference is timm's ``MetaFormer`` class
@@ -26,6 +27,7 @@ from timm.models.metaformer import MetaFormer as TimmMetaFormer
 from timm.models.metaformer import checkpoint_filter_fn
 
 from conftest import CONFIGS
+from test_backbones import SMALL_ARCHS, TINY_CA, expected_sizes, randomize_
 from poolformer_mm import MetaFormer, PoolFormer
 from poolformer_mm.pretrained import (convert_backbone_state_dict,
                                       detect_format, load_pretrained)
@@ -46,8 +48,6 @@ OTHER_ARCHS = tuple(f'{family}_{size}'
                     for family in ('identityformer', 'randformer')
                     for size in SIZES)
 ALL_ARCHS = TIMM_ARCHS + OTHER_ARCHS
-SMALL_ARCHS = ('poolformerv2_s12', 'convformer_s18', 'caformer_s18',
-               'identityformer_s12', 'randformer_s12')
 ODD = (67, 93)
 # RandFormer's matrices fit the 14x14 / 7x7 grids; 225x223 gives them (and
 # is odd).
@@ -93,23 +93,6 @@ def reference_model(arch):
         token_mixers=mixers,
         norm_layers=GroupNorm1NoBias,
         use_mlp_head=False)
-
-
-def randomize_(model, seed=0):
-    """Random weights everywhere: scales (layer / res-scale, StarReLU) and
-    norm weights around their defaults, the rest small."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            if name.endswith('random_matrix'):  # keep it a mixing matrix
-                p.copy_(torch.softmax(torch.rand(p.shape, generator=gen), -1))
-            elif name.endswith('.scale'):
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.6)
-            elif p.dim() == 1 and 'norm' in name and name.endswith('weight'):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return model
 
 
 def rel_err(a, b):
@@ -277,29 +260,6 @@ def test_original_conversion_shapes():
     assert 'norm.weight' in ignored and 'head.fc1.weight' in ignored
 
 
-def expected_sizes(h, w):
-
-    def down(n, k, s, p):
-        return (n + 2 * p - k) // s + 1
-
-    sizes = [(down(h, 7, 4, 2), down(w, 7, 4, 2))]
-    for _ in range(3):
-        sizes.append(tuple(down(n, 3, 2, 1) for n in sizes[-1]))
-    return sizes
-
-
-@pytest.mark.parametrize('arch', SMALL_ARCHS)
-def test_output_shapes_at_odd_sizes(arch):
-    model = MetaFormer(arch).eval()
-    assert model.out_channels == [64, 128, 320, 512]
-    for size in [(33, 33), (64, 48), (31, 97)]:
-        with torch.no_grad():
-            outs = model(torch.randn(1, 3, *size))
-        for out, c, hw in zip(outs, model.out_channels, expected_sizes(*size)):
-            assert out.shape == (1, c, *hw)
-            assert torch.isfinite(out).all()
-
-
 @pytest.mark.parametrize('arch',
                          [a for a in ALL_ARCHS if a not in SMALL_ARCHS])
 def test_big_arch_shapes(arch):
@@ -341,19 +301,6 @@ def test_structure_v2():
     assert v2.norm1.num_groups == 1 and v2.norm1.eps == 1e-6
 
 
-def test_weight_init_matches_original():
-    torch.manual_seed(0)
-    model = MetaFormer('convformer_s18')
-    for layer in (model.stem.conv,
-                  model.stages[1].blocks[0].token_mixer.dwconv,
-                  model.stages[2].blocks[0].mlp.fc1):
-        assert abs(layer.weight.std().item() - 0.02) < 0.004
-    assert torch.all(model.stem.conv.bias == 0)
-    assert torch.all(model.stages[2].blocks[0].res_scale1.scale == 1)
-    assert torch.all(model.norm1.weight == 1) and torch.all(
-        model.norm1.bias == 0)
-
-
 def test_random_mixing_any_grid():
     mixer = mf.RandomMixing(196)
     assert mixer.matrix(14, 14) is mixer.random_matrix
@@ -370,77 +317,6 @@ def test_random_mixing_any_grid():
             ValueError, match='square token grid, got '
             'num_tokens=50'):
         mf.RandomMixing(50)
-
-
-# A small arch with every trainable kind of block.
-TINY_CA = dict(
-    layers=[1, 1, 2, 1],
-    embed_dims=[16, 32, 64, 64],
-    token_mixers=['SepConv', 'Pooling', 'Attention', 'Attention'],
-    norm_cfgs=[
-        dict(type='LN2d', eps=1e-6, bias=False),
-        dict(type='GN', num_groups=1, eps=1e-6),
-        dict(type='LN', eps=1e-6, bias=False),
-        dict(type='LN', eps=1e-6, bias=False)
-    ])
-
-
-def test_out_indices_subset_and_order():
-    model = MetaFormer('caformer_s18', out_indices=(3, 1)).eval()
-    assert model.out_channels == [512, 128]
-    assert not hasattr(model, 'norm0') and not hasattr(model, 'norm2')
-    outs = model(torch.randn(1, 3, 64, 64))
-    assert [tuple(o.shape[1:]) for o in outs] == [(512, 2, 2), (128, 8, 8)]
-
-
-@pytest.mark.parametrize('frozen_stages', [-1, 0, 2, 4])
-def test_frozen_stages(frozen_stages):
-    model = MetaFormer(TINY_CA, frozen_stages=frozen_stages)
-    model.train()
-    prefixes = ['stem.'] if frozen_stages >= 0 else []
-    for i in range(max(frozen_stages, 0)):
-        prefixes += [f'stages.{i}.', f'norm{i}.']
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    # RandomMixing aside, every parameter trains unless frozen.
-    assert frozen == {
-        n
-        for n, _ in model.named_parameters()
-        if prefixes and n.startswith(tuple(prefixes))
-    }
-    for name, module in model.named_modules():
-        if prefixes and name.startswith(
-                tuple(p.rstrip('.') for p in prefixes)):
-            assert not module.training, name
-    if frozen_stages < 4:
-        sum(o.sum() for o in model(torch.randn(1, 3, 64, 64))).backward()
-        for name, p in model.named_parameters():
-            assert (p.grad is None) == (name in frozen), name
-
-
-def test_custom_arch_and_with_cp():
-    torch.manual_seed(0)
-    ref = randomize_(MetaFormer(TINY_CA))
-    assert ref.arch_name == 'custom'
-    cp_model = MetaFormer(TINY_CA, with_cp=True)
-    cp_model.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 3, 65, 47)
-    outs_ref, outs_cp = ref(x), cp_model(x)
-    for a, b in zip(outs_ref, outs_cp):
-        torch.testing.assert_close(a, b)
-    sum((o * o).mean() for o in outs_ref).backward()
-    sum((o * o).mean() for o in outs_cp).backward()
-    grads_cp = dict(cp_model.named_parameters())
-    for name, p in ref.named_parameters():
-        assert p.grad is not None, name
-        torch.testing.assert_close(
-            p.grad, grads_cp[name].grad, msg=lambda m, n=name: f'{n}: {m}')
-
-
-def test_drop_path_schedule():
-    model = MetaFormer('convformer_s18', drop_path_rate=0.3)
-    blocks = [b for s in model.stages for b in s.blocks]
-    rates = [getattr(b.drop_path, 'drop_prob', 0.) for b in blocks]
-    assert rates == pytest.approx(torch.linspace(0, 0.3, 18).tolist())
 
 
 @pytest.mark.parametrize('arch,match', [
@@ -461,16 +337,6 @@ def test_drop_path_schedule():
 def test_bad_arch(arch, match):
     with pytest.raises(ValueError, match=match):
         MetaFormer(arch)
-
-
-@pytest.mark.parametrize('kwargs,error,match', [
-    (dict(arch=18), TypeError, r'str or a dict, got int: 18'),
-    (dict(out_indices=(0, 4)), ValueError, r'0\.\.3, got \(0, 4\)'),
-    (dict(frozen_stages=5), ValueError, r'-1\.\.4.*got 5'),
-])
-def test_bad_arguments(kwargs, error, match):
-    with pytest.raises(error, match=match):
-        MetaFormer(**kwargs)
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
