@@ -40,6 +40,7 @@ from torch.autograd.function import once_differentiable
 
 from ..backbones.metaformer import (Fp32GroupNorm, Mlp, MetaFormerBlock,
                                     Pooling, Scale, Stem)
+from .tracing import is_recording
 
 _INV_COUNT: Dict[Tuple, Tensor] = {}
 _INV_COUNT_MAX = 64
@@ -349,9 +350,7 @@ def applies(x: Tensor) -> bool:
     reference computation)."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32
             and x.dim() == 4 and not torch.is_autocast_enabled('cpu')
-            and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export()
-            and not torch.compiler.is_compiling())
+            and not is_recording())
 
 
 def pool_window(pool: nn.Module) -> Optional[int]:

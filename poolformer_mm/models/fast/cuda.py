@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..backbones.metaformer import Fp32GroupNorm, _fp32
+from .tracing import is_recording
 
 
 def group_norm1_stats(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
@@ -98,7 +99,6 @@ class GroupNorm1(Fp32GroupNorm):
         x32, weight, bias = _fp32(x, self.weight, self.bias)
         if (not _on_gpu(x) or x32.numel() == 0
                 or x32.shape[1:].numel() < GROUP_NORM1_MIN_SIZE
-                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling()):
+                or is_recording()):
             return super().forward(x)
         return _GroupNorm1.apply(x32, weight, bias, self.eps).to(x.dtype)

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from ..backbones.metaformer import (Downsampling, MetaFormerBlock,
                                     MetaFormerStage, Pooling, Stem)
-from .cpu import (FastPooling, FusedPoolBlock, box_sum,
+from .cpu import (ChannelsLastStem, FastPooling, FusedPoolBlock, box_sum,
                   channel_scale, inv_count, is_group_norm1, is_pointwise_conv,
                   mean_rstd, pool_window, use_onednn, window_sum)
 from .cuda import group_norm1_stats
@@ -485,7 +485,7 @@ class DeployStem(_DropsCaches, Stem):
 
     @classmethod
     def fits(cls, module: nn.Module) -> bool:
-        return isinstance(module, Stem)
+        return type(module) in (Stem, ChannelsLastStem)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.requires_grad:
