@@ -177,12 +177,10 @@ def test_group_norm1_off_cpu(monkeypatch, shape):
         ref_norm.weight.uniform_(0.5, 1.5)
         ref_norm.bias.normal_()
     for dtype in (torch.float32, torch.bfloat16):
-        norm = copy.deepcopy(ref_norm)
-        model = nn.Sequential(norm).float()
-        model[0] = _as(norm, cuda.GroupNorm1)
+        norm = _as(copy.deepcopy(ref_norm), cuda.GroupNorm1)
         inp = x.detach().to(dtype).requires_grad_()
         ref_inp = x.detach().to(dtype).requires_grad_()
-        out, ref = model(inp), ref_norm(ref_inp)
+        out, ref = norm(inp), ref_norm(ref_inp)
         assert out.dtype == ref.dtype == dtype
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         grad = torch.randn_like(out)
@@ -194,12 +192,12 @@ def test_group_norm1_off_cpu(monkeypatch, shape):
     assert len(calls) == 2
     # Small maps keep PyTorch's kernel, and so does the CPU.
     monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', x[0].numel() + 1)
-    model(x.detach().float())
+    norm(x.detach().float())
     monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', 0)
     monkeypatch.setattr(cuda, '_on_gpu', lambda x: x.is_cuda)
-    model(x.detach().float())
+    norm(x.detach().float())
     assert len(calls) == 2
-    assert model(x.detach()[:0].float()).shape == x[:0].shape
+    assert norm(x.detach()[:0].float()).shape == x[:0].shape
 
 
 def test_deploy_two_pass_statistics(monkeypatch):
