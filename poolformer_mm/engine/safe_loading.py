@@ -4,13 +4,19 @@ Since torch 2.6 ``torch.load`` unpickles with ``weights_only=True`` unless told
 otherwise, and mmengine 0.10 relies on that default. Its training checkpoints
 hold more than tensors: the message hub keeps ``HistoryBuffer`` objects with
 numpy arrays, numpy scalars and references to the buffer's statistics methods.
-Resuming therefore fails on current torch. This module allows exactly those
-types, and only while a checkpoint is being read
-(:func:`safe_checkpoint_loading`, used by
-:class:`~poolformer_mm.engine.SafeRunner` and
-:func:`load_training_checkpoint`); the weights-only rule itself stays on, and
-pretrained weights (:mod:`poolformer_mm.pretrained`) are read without these
-extra types.
+Loading them therefore fails on current torch, in MMDetection's and
+MMSegmentation's own entry points (``init_detector``, ``DetInferencer``,
+``init_model``, ``MMSegInferencer``, their ``tools/test.py`` and
+``tools/train.py --resume``) as much as in this package's tools.
+
+:func:`register_mmengine_types` adds exactly those data-only types to torch's
+weights-only allowlist (:func:`torch.serialization.add_safe_globals`, torch's
+extension point for this), once, when :mod:`poolformer_mm` is imported; the
+configs import it through ``custom_imports`` before any checkpoint is read.
+The weights-only rule itself stays on: a checkpoint that references anything
+else (a function, a class with code) is still refused, by torch in the
+frameworks' entry points and with a :class:`CheckpointError` naming the file
+and the global in this package's (:func:`safe_checkpoint_loading`).
 """
 import contextlib
 import functools
@@ -73,7 +79,7 @@ def _numpy_globals() -> List[Tuple[object, str]]:
 def mmengine_checkpoint_globals() -> Tuple[Tuple[object, str], ...]:
     """What an mmengine training checkpoint may reference besides tensors
     and plain containers, as ``(object, 'module.name')`` pairs for
-    :func:`torch.serialization.safe_globals`.
+    :func:`torch.serialization.add_safe_globals`.
 
     Found by disassembling checkpoints that the demo configs save
     (``torch.serialization.get_unsafe_globals_in_checkpoint``): the message
@@ -86,52 +92,48 @@ def mmengine_checkpoint_globals() -> Tuple[Tuple[object, str], ...]:
                  _numpy_globals())
 
 
-@contextlib.contextmanager
-def allow_mmengine_types(filename: Optional[str] = None) -> Iterator[None]:
-    """Let weights-only ``torch.load`` calls inside read mmengine checkpoints.
+def register_mmengine_types() -> None:
+    """Add :func:`mmengine_checkpoint_globals` to torch's weights-only
+    allowlist for the whole process (idempotent).
 
-    The allowlist is added on entry and removed on exit; ``weights_only``
-    stays on. An ``UnpicklingError`` from a file that needs anything else is
-    turned into a :class:`CheckpointError` that names the file and the
-    offending global.
-
-    torch < 2.5 has no allowlist, and its ``torch.load`` is not weights-only
-    by default: there this context adds nothing (mmengine's old behaviour).
-
-    Args:
-        filename (str, optional): The file being loaded, for the message.
+    torch < 2.6 has no process-wide allowlist, and its ``torch.load`` is not
+    weights-only by default: there this adds nothing (mmengine's old
+    behaviour).
     """
-    safe_globals = getattr(torch.serialization, 'safe_globals', None)
-    allowlist = (
-        safe_globals(list(mmengine_checkpoint_globals()))
-        if safe_globals is not None else contextlib.nullcontext())
-    with allowlist:
-        try:
-            yield
-        except pickle.UnpicklingError as exc:
-            if 'Weights only load failed' not in str(exc):
-                raise CheckpointError(
-                    f'{filename!r} is not a readable checkpoint: {exc}'
-                ) from exc
-            match = re.search(r'GLOBAL (\S+)|(getattr\(.*?\)) is not allowed',
-                              str(exc))
-            if match and match.group(1):
-                what = f'the global {match.group(1)}'
-            else:
-                what = match.group(2) if match else 'other globals'
-            allowed = sorted({
-                name + (' (of HistoryBuffer statistics only)'
-                        if name == 'builtins.getattr' else '')
-                for _, name in mmengine_checkpoint_globals()
-                if not name.startswith('numpy.dtypes.')
-            })
+    add_safe_globals = getattr(torch.serialization, 'add_safe_globals', None)
+    if add_safe_globals is not None:
+        add_safe_globals(list(mmengine_checkpoint_globals()))
+
+
+@contextlib.contextmanager
+def _refusals_named(filename: Optional[str]) -> Iterator[None]:
+    """Turn torch's ``UnpicklingError`` into a :class:`CheckpointError` that
+    names the file and the offending global."""
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        if 'Weights only load failed' not in str(exc):
             raise CheckpointError(
-                f'Refusing to load checkpoint {filename or ""!r}: unpickling '
-                f'it needs {what}, which could run arbitrary code. Allowed '
-                'are tensors, plain Python containers and the types mmengine '
-                f'training checkpoints contain ({", ".join(allowed)}, numpy '
-                'dtypes). If you trust the file, convert it in a trusted '
-                'environment (e.g. keep only its state_dict).') from exc
+                f'{filename!r} is not a readable checkpoint: {exc}') from exc
+        match = re.search(r'GLOBAL (\S+)|(getattr\(.*?\)) is not allowed',
+                          str(exc))
+        if match and match.group(1):
+            what = f'the global {match.group(1)}'
+        else:
+            what = match.group(2) if match else 'other globals'
+        allowed = sorted({
+            name + (' (of HistoryBuffer statistics only)'
+                    if name == 'builtins.getattr' else '')
+            for _, name in mmengine_checkpoint_globals()
+            if not name.startswith('numpy.dtypes.')
+        })
+        raise CheckpointError(
+            f'Refusing to load checkpoint {filename or ""!r}: unpickling '
+            f'it needs {what}, which could run arbitrary code. Allowed '
+            'are tensors, plain Python containers and the types mmengine '
+            f'training checkpoints contain ({", ".join(allowed)}, numpy '
+            'dtypes). If you trust the file, convert it in a trusted '
+            'environment (e.g. keep only its state_dict).') from exc
 
 
 def load_training_checkpoint(filename: str,
@@ -173,11 +175,15 @@ def _readable(filename: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def safe_checkpoint_loading(filename: str) -> Iterator[None]:
-    """Read a training checkpoint inside: :func:`allow_mmengine_types`, and
-    a :class:`CheckpointError` that names the file for a torn or foreign one.
+    """Read a training checkpoint inside: a :class:`CheckpointError` that
+    names the file for a torn or foreign one, or for one that needs globals
+    outside the allowlist.
 
     Args:
         filename (str): The file being loaded, for the messages.
     """
-    with allow_mmengine_types(filename), _readable(filename):
+    with _refusals_named(filename), _readable(filename):
         yield
+
+
+register_mmengine_types()

@@ -218,9 +218,6 @@ def mmengine_like_checkpoint():
 def test_mmengine_types_load_weights_only(tmp_path):
     path = tmp_path / 'epoch_1.pth'
     torch.save(mmengine_like_checkpoint(), path)
-    # torch's default refuses it: that is why resuming needs the allowlist.
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(path)
     checkpoint = load_training_checkpoint(str(path))
     buffer = checkpoint['message_hub']['log_scalars']['train/loss']
     assert isinstance(buffer, HistoryBuffer)
@@ -228,9 +225,19 @@ def test_mmengine_types_load_weights_only(tmp_path):
     assert checkpoint['meta']['dataset_meta']['palette'].tolist() == [[
         1, 2, 3
     ]]
-    # The allowlist is gone again afterwards.
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(path)
+    # Plain weights-only torch.load (what mmengine, mmdet and mmseg call)
+    # reads it once poolformer_mm is imported, and only then.
+    script = ('import pickle, sys, torch\n'
+              'if sys.argv[2] == "import": import poolformer_mm\n'
+              'try:\n'
+              '    torch.load(sys.argv[1])\n'
+              'except pickle.UnpicklingError:\n'
+              '    sys.exit(3)\n')
+    for mode, code in (('import', 0), ('no-import', 3)):
+        result = subprocess.run(
+            [sys.executable, '-c', script, str(path), mode],
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == code, (mode, result.stderr[-3000:])
 
 
 class Payload:
@@ -261,6 +268,9 @@ def test_unsafe_checkpoint_is_refused(payload, what, tmp_path, capsys):
     message = str(info.value)
     assert 'evil.pth' in message and 'arbitrary code' in message
     assert what in message and 'HistoryBuffer' in message
+    # The frameworks' own plain torch.load refuses it too.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / 'evil.pth')
     assert 'pwned' not in capsys.readouterr().out
 
 
