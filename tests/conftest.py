@@ -33,3 +33,20 @@ def demo_data(tmp_path_factory):
     run_tool('make_demo_data.py', '--out', out, '--num-train', 8,
              '--num-val', 4, '--size', 96, '--seed', 1)
     return out
+
+
+@pytest.fixture(scope='session')
+def trained_demo(tmp_path_factory, demo_data):
+    """``trained_demo(model)``: (config, checkpoint, cfg options) of a demo
+    config trained for a couple of iterations by ``tools/train.py`` (see
+    ``tiny_demo.train_demo``); each model is trained once per session."""
+    from tiny_demo import train_demo
+    done = {}
+
+    def get(model):
+        if model not in done:
+            work_dir = tmp_path_factory.mktemp(f'trained_{model}')
+            done[model] = train_demo(model, demo_data, work_dir)
+        return done[model]
+
+    return get

@@ -128,42 +128,6 @@ def test_annotations_are_valid(demo_data):
             assert set(np.unique(label)) <= set(range(1, len(CLASSES) + 2))
 
 
-def data_options(scope, data):
-    if scope == 'mmseg':
-        root = f'{data}/ade/'
-        return [f'{d}.dataset.data_root={root}' for d in
-                ('train_dataloader', 'val_dataloader', 'test_dataloader')]
-    root = f'{data}/coco/'
-    ann = f'{root}annotations/instances_val.json'
-    return [f'{d}.dataset.data_root={root}' for d in
-            ('train_dataloader', 'val_dataloader', 'test_dataloader')] + [
-                f'val_evaluator.ann_file={ann}',
-                f'test_evaluator.ann_file={ann}']
-
-
-# A couple of iterations of every demo config through the real tools: the
-# test checks that they run end to end and write what they promise, the
-# README's numbers come from the full demo schedule.
-# In-process data loading: worker processes only cost start-up here.
-IN_PROCESS_LOADING = [
-    f'{loader}.{option}' for loader in ('train_dataloader', 'val_dataloader',
-                                        'test_dataloader')
-    for option in ('num_workers=0', 'persistent_workers=False')
-]
-ONE_EPOCH = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-             'default_hooks.checkpoint.interval=1',
-             'train_dataloader.batch_size=4']
-SHORT = {
-    # Score threshold 0: two steps from scratch score below the default, and
-    # the metric must still be computed.
-    'retinanet': ONE_EPOCH + ['model.test_cfg.score_thr=0'],
-    'mask_rcnn': ONE_EPOCH + ['model.test_cfg.rcnn.score_thr=0'],
-    # Training keeps SyncBN of the real config's head: one CPU process
-    # must run it (the runner reverts it to BatchNorm).
-    'sem_fpn': ['train_cfg.max_iters=2', 'train_cfg.val_interval=2',
-                'default_hooks.checkpoint.interval=2',
-                'train_dataloader.batch_size=2'],
-}
 METRIC = {'retinanet': 'coco/bbox_mAP', 'mask_rcnn': 'coco/segm_mAP',
           'sem_fpn': 'mIoU'}
 
@@ -193,19 +157,13 @@ def test_demo_backbone_starts_layer_scales_at_one(model):
 
 
 @pytest.mark.parametrize('model', ['retinanet', 'mask_rcnn', 'sem_fpn'])
-def test_demo_config_trains_and_tests(model, demo_data, tmp_path):
-    config = osp.join(CONFIGS, 'demo', f'{model}_poolformer_s12_demo.py')
+def test_demo_config_trains_and_tests(model, trained_demo, tmp_path):
+    config, checkpoint, options = trained_demo(model)
     scope = 'mmseg' if model == 'sem_fpn' else 'mmdet'
     if scope == 'mmseg':
         from mmengine.config import Config
         cfg = Config.fromfile(config)
         assert cfg.model.decode_head.norm_cfg.type == 'SyncBN'
-    work_dir = tmp_path / 'work'
-    options = data_options(scope, demo_data) + SHORT[model] + (
-        IN_PROCESS_LOADING)
-    run_tool('train.py', config, '--work-dir', work_dir, '--cfg-options',
-             *options)
-    checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
     assert osp.isfile(checkpoint)
 
     out = tmp_path / ('results.pkl' if scope == 'mmdet' else 'pred_masks')
