@@ -1,0 +1,177 @@
+"""MMDetection's and MMSegmentation's own entry points read the checkpoints
+that training with this package's configs writes.
+
+Each entry point runs in a fresh interpreter, as a user would run it: the
+config's ``custom_imports`` import ``poolformer_mm``, which adds the data-only
+types of mmengine checkpoints to torch's weights-only allowlist before any
+checkpoint is read. Nothing in these scripts imports ``poolformer_mm`` itself.
+"""
+import glob
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tiny_demo import IN_PROCESS_LOADING, write_tiny_config
+
+MMDET_TOOLS = osp.join(
+    osp.dirname(__import__('mmdet').__file__), '.mim', 'tools')
+MMSEG_TOOLS = osp.join(
+    osp.dirname(__import__('mmseg').__file__), '.mim', 'tools')
+
+
+def run_python(args, cwd, timeout=600):
+    """Run ``python *args`` in a fresh interpreter; fail with its output."""
+    result = subprocess.run([sys.executable] + [str(a) for a in args],
+                            cwd=str(cwd), capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f'python {" ".join(map(str, args))} exited '
+                    f'{result.returncode}\n--- stdout ---\n'
+                    f'{result.stdout[-4000:]}\n--- stderr ---\n'
+                    f'{result.stderr[-6000:]}')
+    return result
+
+
+def run_snippet(code, cwd, *args):
+    return run_python(['-c', code] + list(args), cwd)
+
+
+def val_image(demo_data):
+    return sorted(glob.glob(str(demo_data / 'coco' / 'val' / '*.png')))[0]
+
+
+DET_API = '''
+import sys
+from mmdet.apis import inference_detector, init_detector
+model = init_detector(sys.argv[1], sys.argv[2], device='cpu')
+result = inference_detector(model, sys.argv[3])
+print('boxes', len(result.pred_instances.bboxes))
+print('classes', model.dataset_meta['classes'])
+'''
+
+DET_INFERENCER = '''
+import sys
+from mmdet.apis import DetInferencer
+inferencer = DetInferencer(sys.argv[1], sys.argv[2], device='cpu')
+result = inferencer(sys.argv[3], no_save_vis=True, return_datasamples=True)
+print('boxes', len(result['predictions'][0].pred_instances.bboxes))
+'''
+
+SEG_API = '''
+import sys
+from mmseg.apis import inference_model, init_model
+model = init_model(sys.argv[1], sys.argv[2], device='cpu')
+result = inference_model(model, sys.argv[3])
+print('label map', tuple(result.pred_sem_seg.data.shape))
+print('classes', model.dataset_meta['classes'])
+'''
+
+SEG_INFERENCER = '''
+import sys
+from mmseg.apis import MMSegInferencer
+inferencer = MMSegInferencer(sys.argv[1], sys.argv[2], device='cpu')
+result = inferencer(sys.argv[3], return_datasamples=True)
+print('label map', tuple(result.pred_sem_seg.data.shape))
+'''
+
+
+def test_mmdet_apis_read_training_checkpoint(trained_demo, demo_data,
+                                             tmp_path):
+    config, checkpoint, _ = trained_demo('retinanet')
+    image = val_image(demo_data)
+    out = run_snippet(DET_API, tmp_path, config, checkpoint, image).stdout
+    assert 'boxes ' in out and "'circle'" in out
+    out = run_snippet(DET_INFERENCER, tmp_path, config, checkpoint,
+                      image).stdout
+    assert 'boxes ' in out
+
+
+def test_mmseg_apis_read_training_checkpoint(trained_demo, demo_data,
+                                             tmp_path):
+    config, checkpoint, _ = trained_demo('sem_fpn')
+    image = val_image(demo_data)
+    out = run_snippet(SEG_API, tmp_path, config, checkpoint, image).stdout
+    assert 'label map (1, 96, 96)' in out and "'circle'" in out
+    out = run_snippet(SEG_INFERENCER, tmp_path, config, checkpoint,
+                      image).stdout
+    assert 'label map (1, 96, 96)' in out
+
+
+@pytest.mark.parametrize('model', ['retinanet', 'sem_fpn'])
+def test_framework_test_tool_reads_training_checkpoint(
+        model, trained_demo, tmp_path):
+    config, checkpoint, options = trained_demo(model)
+    tools = MMSEG_TOOLS if model == 'sem_fpn' else MMDET_TOOLS
+    out = run_python([
+        osp.join(tools, 'test.py'), config, checkpoint, '--work-dir',
+        tmp_path / 'test', '--cfg-options'
+    ] + options, tmp_path)
+    metric = 'mIoU' if model == 'sem_fpn' else 'bbox_mAP'
+    assert metric in out.stdout + out.stderr
+
+
+def test_mmdet_train_tool_resumes_its_own_checkpoint(demo_data, tmp_path):
+    config = write_tiny_config(tmp_path / 'tiny.py', demo_data, max_epochs=1)
+    work_dir = tmp_path / 'work'
+    train = [osp.join(MMDET_TOOLS, 'train.py'), config, '--work-dir',
+             work_dir]
+    run_python(train, tmp_path)
+    assert (work_dir / 'epoch_1.pth').is_file()
+    out = run_python(
+        train + ['--resume', '--cfg-options', 'train_cfg.max_epochs=2'],
+        tmp_path)
+    log = out.stdout + out.stderr
+    assert 'resumed epoch: 1, iter: 4' in log
+    assert (work_dir / 'epoch_2.pth').is_file()
+
+
+def test_mmseg_train_tool_resumes_its_own_checkpoint(demo_data, tmp_path):
+    config = osp.join(
+        osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
+        'configs', 'demo', 'sem_fpn_poolformer_s12_demo.py')
+    root = f'{demo_data}/ade/'
+    options = [
+        f'{d}.dataset.data_root={root}'
+        for d in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    ] + IN_PROCESS_LOADING + [
+        'train_dataloader.batch_size=2', 'train_cfg.val_interval=100',
+        'default_hooks.checkpoint.interval=1'
+    ]
+    work_dir = tmp_path / 'work'
+    train = [osp.join(MMSEG_TOOLS, 'train.py'), config, '--work-dir',
+             work_dir]
+    run_python(train + ['--cfg-options', 'train_cfg.max_iters=1'] + options,
+               tmp_path)
+    assert (work_dir / 'iter_1.pth').is_file()
+    out = run_python(
+        train + ['--resume', '--cfg-options', 'train_cfg.max_iters=2'] +
+        options, tmp_path)
+    assert 'resumed epoch: 0, iter: 1' in out.stdout + out.stderr
+    assert (work_dir / 'iter_2.pth').is_file()
+
+
+class RunsCode:
+    """Unpickling this calls a function: what weights-only loading is for."""
+
+    def __reduce__(self):
+        return (print, ('code ran while loading',))
+
+
+def test_framework_api_refuses_checkpoint_with_code(trained_demo, demo_data,
+                                                    tmp_path):
+    config, checkpoint, _ = trained_demo('retinanet')
+    from poolformer_mm.engine.safe_loading import load_training_checkpoint
+    evil = load_training_checkpoint(checkpoint)
+    evil['meta']['payload'] = RunsCode()
+    torch.save(evil, tmp_path / 'evil.pth')
+    result = subprocess.run(
+        [sys.executable, '-c', DET_API, config, str(tmp_path / 'evil.pth'),
+         val_image(demo_data)],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert 'Weights only load failed' in result.stderr
+    assert 'RunsCode' in result.stderr or 'print' in result.stderr
+    assert 'code ran while loading' not in result.stdout + result.stderr
