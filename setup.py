@@ -2,13 +2,25 @@
 
 torch and mmcv (with ops) are installed by ``tools/setup_env.sh`` before this
 package, as in OpenMMLab projects: their right build depends on the machine.
+The frameworks are extras (``pip install .[mmdet,mmseg]``), so the package
+installs into an environment that has either or both without replacing them.
+
+As OpenMMLab packages do, the wheel carries the configs and tools under
+``poolformer_mm/.mim/``, where mmengine looks for ``poolformer_mm::`` base
+configs (see :func:`poolformer_mm.registry.config_dir`).
 """
+import os
 import os.path as osp
 import re
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = osp.dirname(osp.abspath(__file__))
+# Copied into the built package as poolformer_mm/.mim/<name>; mmengine needs
+# model-index.yml there to read `poolformer_mm::` bases.
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
 
 
 def get_version():
@@ -23,6 +35,32 @@ def parse_requirements(name):
         return [line for line in lines if line]
 
 
+class BuildPyWithMim(build_py):
+    """``build_py`` that also copies ``configs/``, ``tools/`` and
+    ``model-index.yml`` into the built package's ``.mim/`` (wheels and
+    regular installs; an editable install reads them from the checkout)."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        mim = osp.join(self.build_lib, 'poolformer_mm', '.mim')
+        for name in MIM_FILES:
+            source, target = osp.join(HERE, name), osp.join(mim, name)
+            if osp.isdir(target):
+                shutil.rmtree(target)
+            if osp.isdir(source):
+                shutil.copytree(
+                    source,
+                    target,
+                    ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+            else:
+                os.makedirs(mim, exist_ok=True)
+                shutil.copyfile(source, target)
+
+
+frameworks = {name: parse_requirements(name) for name in ('mmdet', 'mmseg')}
+
 setup(
     name='poolformer_mm',
     version=get_version(),
@@ -34,6 +72,10 @@ setup(
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     python_requires='>=3.8',
     install_requires=parse_requirements('runtime'),
-    extras_require={'tests': parse_requirements('tests')},
+    extras_require=dict(
+        frameworks,
+        all=frameworks['mmdet'] + frameworks['mmseg'],
+        tests=parse_requirements('tests')),
+    cmdclass={'build_py': BuildPyWithMim},
     zip_safe=False,
 )

@@ -7,10 +7,14 @@ registries, so configs can use
 It also registers the training runtime of :mod:`poolformer_mm.engine`
 (``SafeRunner``, ``SafeCheckpointHook``, ``SwitchToDeployHook``,
 ``CPUDistributedDataParallel``, ``AutocastOptimWrapper``) in mmengine's
-registries, which the configs name.
+registries, which the configs name, adds the data-only types of mmengine checkpoints to
+torch's weights-only allowlist (:mod:`poolformer_mm.engine.safe_loading`),
+and lets configs inherit this package's by ``poolformer_mm::<folder>/<file>``
+(:func:`config_dir` says where they are).
 """
 from . import engine  # noqa: F401  (registers the training runtime)
 from .models import MetaFormer, PoolFormer
+from .registry import config_dir
 from .version import __version__
 
-__all__ = ['MetaFormer', 'PoolFormer', '__version__']
+__all__ = ['MetaFormer', 'PoolFormer', '__version__', 'config_dir']

@@ -2,6 +2,8 @@
 # Create (or reuse) .venv/ in the checkout with the whole supported stack:
 # torch 2.14.1, mmengine 0.10.7, mmcv 2.1.0 with ops, mmdet 3.3.0,
 # mmsegmentation 1.2.2, timm, and poolformer_mm itself (editable).
+# The package's own requirements (requirements/*.txt) are version ranges;
+# TESTED below is the exact set this script installs and the tests run on.
 #
 # mmcv 2.1.0 has no wheel for current torch, so it is built once from its
 # PyPI sdist and the wheel is cached outside the checkout, keyed by the mmcv,
@@ -28,6 +30,8 @@ CACHE="${POOLFORMER_MM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/poolformer_mm}"
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
+TESTED=(mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 timm==1.0.31
+    safetensors==0.8.0 numpy==1.26.4)
 # mmcv's setup.py and mmengine's `mmdet::` config lookup import pkg_resources
 # (gone in setuptools 81); torch 2.14 wants >=77.
 SETUPTOOLS_SPEC='setuptools>=77,<81'
@@ -35,7 +39,7 @@ SETUPTOOLS_SPEC='setuptools>=77,<81'
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 stamp_value() {
-    cat "$ROOT/tools/setup_env.sh" "$ROOT/setup.py" "$ROOT/requirements/runtime.txt" "$ROOT/requirements/tests.txt" \
+    cat "$ROOT/tools/setup_env.sh" "$ROOT/setup.py" "$ROOT"/requirements/*.txt \
         | sha256sum | cut -d' ' -f1
 }
 
@@ -131,7 +135,9 @@ fi
 
 # mmcv's runtime dependencies (installed --no-deps above), the frameworks,
 # test tools and this package.
-pip_install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+pip_install -q "${TESTED[@]}" -r "$ROOT/requirements/runtime.txt" \
+    -r "$ROOT/requirements/mmdet.txt" -r "$ROOT/requirements/mmseg.txt" \
+    -r "$ROOT/requirements/stack.txt" -r "$ROOT/requirements/tests.txt"
 pip_install -q --no-deps --no-build-isolation -e "$ROOT"
 
 log "verifying mmcv ops on CPU"

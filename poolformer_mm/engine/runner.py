@@ -16,6 +16,9 @@ method of mmengine's ``Runner`` that it overrides:
   without a value) continues from the newest *complete* checkpoint
   (:func:`find_resumable_checkpoint`), where mmengine trusts the
   ``last_checkpoint`` pointer whatever it names;
+- ``from_cfg``: settings that a config inherits through
+  ``_base_ = ['poolformer_mm::...']`` are built in the config's
+  ``default_scope`` (:func:`~poolformer_mm.registry.resolve_package_scope`);
 - ``setup_env`` and ``wrap_model``: without an accelerator, a multi-process
   run opens a gloo process group and wraps the model with
   :class:`~poolformer_mm.engine.CPUDistributedDataParallel` (see
@@ -37,6 +40,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..pretrained import CheckpointError
+from ..registry import resolve_package_scope
 from .distributed import cpu_model_wrapper_cfg, init_cpu_process_group
 from .safe_loading import safe_checkpoint_loading
 
@@ -54,6 +58,12 @@ class SafeRunner(Runner):
     selects it with ``runner_type='SafeRunner'``. See the module docstring
     for what differs.
     """
+
+    @classmethod
+    def from_cfg(cls, cfg) -> 'SafeRunner':
+        """``Runner.from_cfg`` after
+        :func:`~poolformer_mm.registry.resolve_package_scope`."""
+        return super().from_cfg(resolve_package_scope(cfg))
 
     def _on_cpu_processes(self) -> bool:
         """A multi-process run without an accelerator."""
