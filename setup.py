@@ -1,4 +1,5 @@
-"""Install poolformer_mm: PoolFormer backbones for MMDetection and MMSegmentation.
+"""Install poolformer_mm: PoolFormer backbones for MMDetection and
+MMSegmentation.
 
 torch and mmcv (with ops) are installed by ``tools/setup_env.sh`` before this
 package, as in OpenMMLab projects: their right build depends on the machine.

@@ -7,9 +7,10 @@ registries, so configs can use
 It also registers the training runtime of :mod:`poolformer_mm.engine`
 (``SafeRunner``, ``SafeCheckpointHook``, ``SwitchToDeployHook``,
 ``CPUDistributedDataParallel``, ``AutocastOptimWrapper``) in mmengine's
-registries, which the configs name, adds the data-only types of mmengine checkpoints to
-torch's weights-only allowlist (:mod:`poolformer_mm.engine.safe_loading`),
-and lets configs inherit this package's by ``poolformer_mm::<folder>/<file>``
+registries, which the configs name. It adds the data-only types of mmengine
+checkpoints to torch's weights-only allowlist
+(:mod:`poolformer_mm.engine.safe_loading`), and lets configs inherit this
+package's by ``poolformer_mm::<folder>/<file>``
 (:func:`config_dir` says where they are).
 """
 from . import engine  # noqa: F401  (registers the training runtime)

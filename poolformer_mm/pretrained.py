@@ -112,20 +112,41 @@ def read_checkpoint(filename: str,
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if 'Weights only load failed' in str(exc):
+        if refused_global(exc) is not None:
             raise CheckpointError(
-                f'Refusing to load {filename!r}: unpickling it needs objects '
-                'other than tensors and plain containers, which could run '
-                'arbitrary code. Convert it to a plain state dict with '
+                f'Refusing to load {filename!r}: unpickling it needs '
+                f'{refused_global(exc)}, which could run arbitrary code. '
+                'Convert it to a plain state dict with '
                 'tools/convert_weights.py from a trusted environment.'
             ) from exc
         raise CheckpointError(
             f'{filename!r} is not a readable checkpoint: {exc}') from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-            ValueError) as exc:
+    except NOT_A_CHECKPOINT as exc:
         raise CheckpointError(
             f'{filename!r} is not a readable checkpoint (truncated or not a '
-            f'PyTorch file): {exc}') from exc
+            f'PyTorch file): {type(exc).__name__}: {exc}') from exc
+
+
+# What torch.load raises for a file that is not a checkpoint: torn zip
+# archives, and the weights-only unpickler's errors on arbitrary bytes (a
+# text file gives KeyError or IndexError from its stack machine).
+NOT_A_CHECKPOINT = (RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+                    ValueError, KeyError, IndexError, TypeError)
+
+
+def refused_global(exc: pickle.UnpicklingError) -> Optional[str]:
+    """What a weights-only ``torch.load`` refused to unpickle: ``'the global
+    module.name'`` or ``'getattr(...)'``, or None when ``exc`` is about a
+    file that is not a pickle at all."""
+    message = str(exc)
+    if 'Weights only load failed' not in message:
+        return None
+    match = re.search(r'GLOBAL (\S+)|(getattr\(.*?\)) is not allowed',
+                      message)
+    if match is None:
+        return None
+    return (f'the global {match.group(1)}'
+            if match.group(1) else match.group(2))
 
 
 def unwrap_state_dict(checkpoint: Dict[str, object]) -> Dict[str, Tensor]:

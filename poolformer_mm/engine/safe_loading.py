@@ -21,7 +21,6 @@ and the global in this package's (:func:`safe_checkpoint_loading`).
 import contextlib
 import functools
 import pickle
-import re
 import zipfile
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-from ..pretrained import CheckpointError
+from ..pretrained import CheckpointError, refused_global
 
 # HistoryBuffer's built-in statistics (registered when a buffer is created).
 _DEFAULT_STATISTICS = ('min', 'max', 'current', 'mean')
@@ -112,15 +111,10 @@ def _refusals_named(filename: Optional[str]) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as exc:
-        if 'Weights only load failed' not in str(exc):
+        what = refused_global(exc)
+        if what is None:
             raise CheckpointError(
                 f'{filename!r} is not a readable checkpoint: {exc}') from exc
-        match = re.search(r'GLOBAL (\S+)|(getattr\(.*?\)) is not allowed',
-                          str(exc))
-        if match and match.group(1):
-            what = f'the global {match.group(1)}'
-        else:
-            what = match.group(2) if match else 'other globals'
         allowed = sorted({
             name + (' (of HistoryBuffer statistics only)'
                     if name == 'builtins.getattr' else '')
