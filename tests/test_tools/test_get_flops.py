@@ -1,0 +1,209 @@
+"""tools/analysis/get_flops.py: parameters and FLOPs (multiply-adds) of the
+configs' models and of the backbones alone.
+
+The backbones alone must reproduce the papers' ImageNet MACs; the configs
+are counted at small ``--shape`` values, which keeps the file fast.
+"""
+import importlib.util
+import os.path as osp
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import CONFIGS, TOOLS, run_tool
+
+from poolformer_mm import PoolFormer
+
+# ImageNet-1k classifiers at 224x224, G MACs: PoolFormer (Yu et al., CVPR
+# 2022), Table 1; CAFormer-S18 (MetaFormer Baselines, TPAMI 2023).
+PAPER_MACS = {'s12': 1.8, 's24': 3.4, 's36': 5.0, 'm36': 8.8, 'm48': 11.6}
+CAFORMER_S18_MACS = 4.1
+SHAPE = (128, 192)
+TABLE_ROW = re.compile(r'\| (\S+) +\| +([0-9.]+) \| +([0-9.]+) \|')
+
+
+@pytest.fixture(scope='module')
+def get_flops():
+    spec = importlib.util.spec_from_file_location(
+        'get_flops', osp.join(TOOLS, 'analysis', 'get_flops.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def s12_alone(get_flops):
+    """PoolFormer-S12 alone at :data:`SHAPE`."""
+    return get_flops.analyze_arch('s12', SHAPE)
+
+
+def check_rows_add_up(result):
+    # Every operator and parameter belongs to a part: no '(other)' row.
+    assert '(other)' not in [p.name for p in result.parts]
+    assert sum(p.flops for p in result.parts) == result.flops
+    assert sum(p.params for p in result.parts) == result.params
+
+
+@pytest.mark.parametrize('arch', sorted(PAPER_MACS))
+def test_backbone_alone_reproduces_paper_macs(get_flops, arch):
+    result = get_flops.analyze_arch(arch)
+    assert result.shape == (224, 224)
+    # The paper rounds to 0.1G; the classifier's head and final norm, which
+    # the backbone lacks, and the backbone's own output norms are < 0.1%.
+    assert result.flops / 1e9 == pytest.approx(PAPER_MACS[arch], rel=0.02)
+    check_rows_add_up(result)
+    assert [p.name for p in result.parts] == [
+        'stem', 'stages.0', 'stages.1', 'stages.2', 'stages.3', 'norm0',
+        'norm1', 'norm2', 'norm3'
+    ]
+    # Convolutions and norms only; the pooling mixer is not counted.
+    assert 'aten::avg_pool2d' in result.not_counted
+
+
+def test_attention_is_counted(get_flops):
+    """mmengine (like fvcore) has no formula for scaled_dot_product_attention;
+    without the tool's, CAFormer-S18 would lose 5% at 224x224."""
+    result = get_flops.analyze_arch('caformer_s18')
+    assert result.flops / 1e9 == pytest.approx(CAFORMER_S18_MACS, rel=0.02)
+    assert not any('attention' in op for op in result.not_counted)
+
+
+def test_attention_formula_matches_explicit_matmuls(get_flops):
+
+    class Explicit(nn.Module):
+
+        def forward(self, q, k, v):
+            return ((q @ k.transpose(-2, -1)).softmax(-1)) @ v
+
+    class Fused(nn.Module):
+
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    # (batch, heads, tokens, channels); values wider than keys.
+    q, k, v = (torch.randn(2, 3, n, c) for n, c in ((5, 4), (7, 4), (7, 6)))
+    explicit = get_flops.count(Explicit(), (q, k, v)).flops
+    fused = get_flops.count(Fused(), (q, k, v)).flops
+    assert fused == explicit == 2 * 3 * 5 * 7 * (4 + 6)
+
+
+def test_counts_the_reference_network(get_flops, s12_alone):
+    """The fast modules step aside while a trace records, so counting 'auto'
+    as built gives the reference count; the tool switches anyway, which
+    matters for 'deploy' (its oneDNN ops cannot be traced)."""
+    x = (torch.randn(1, 3, *SHAPE), )
+    auto = PoolFormer('s12').eval()
+    assert get_flops.count(auto, x).flops == s12_alone.flops
+    assert auto.impl == 'auto'
+    deploy = PoolFormer('s12', deploy=True)
+    assert get_flops.use_reference(deploy) == [
+        "PoolFormer s12 (impl='deploy')"
+    ]
+    assert deploy.impl == 'reference'
+    assert get_flops.count(deploy, x).flops == s12_alone.flops
+
+
+def test_detector_cli(get_flops, s12_alone):
+    config = osp.join(CONFIGS, 'retinanet_poolformer_s12.py')
+    out = run_tool('analysis/get_flops.py', config, '--shape', *SHAPE).stdout
+    rows = {
+        m[1]: (float(m[2]), float(m[3]))
+        for m in map(TABLE_ROW.fullmatch, out.splitlines()) if m
+    }
+    assert list(rows) == ['backbone', 'neck', 'bbox_head', 'total'], out
+    total = rows.pop('total')
+    # The rows are rounded to 0.001.
+    for i in range(2):
+        assert sum(r[i] for r in rows.values()) == pytest.approx(
+            total[i], abs=0.002)
+    # RetinaNet takes stages 1-3: the backbone alone less norm0.
+    norm0 = next(p for p in s12_alone.parts if p.name == 'norm0')
+    params = round((s12_alone.params - norm0.params) / 1e6, 3)
+    flops = round((s12_alone.flops - norm0.flops) / 1e9, 3)
+    assert rows['backbone'] == (params, flops)
+    assert 'input: 1x3x128x192 (from --shape, as given)' in out
+    assert 'counter: mmengine.analysis.FlopAnalyzer' in out
+    assert "counted on impl='reference' (same parameters): backbone s12 " \
+        "(impl='auto')" in out
+    assert 'not counted: post-processing' in out
+
+
+def test_segmentor(get_flops, s12_alone, tmp_path):
+    """The ADE20K Semantic FPN config, with an auxiliary head added: it only
+    trains, so it has parameters but no FLOPs."""
+    config = tmp_path / 'sem_fpn_aux.py'
+    config.write_text(
+        f"_base_ = [{osp.join(CONFIGS, 'sem_fpn_poolformer_s12.py')!r}]\n"
+        'model = dict(auxiliary_head=dict(type="FCNHead", in_channels=256, '
+        'in_index=2, channels=64, num_convs=1, concat_input=False, '
+        'num_classes=150))\n')
+    result = get_flops.analyze_config(str(config), SHAPE)
+    assert result.shape == SHAPE
+    check_rows_add_up(result)
+    parts = {p.name: p for p in result.parts}
+    # FPNHead upsamples in its own forward, which MMSegmentation calls
+    # directly: still the head's, nothing left outside the parts.
+    assert list(parts) == ['backbone', 'neck', 'decode_head', 'auxiliary_head']
+    assert parts['backbone'].params == s12_alone.params
+    assert parts['backbone'].flops == s12_alone.flops
+    assert parts['decode_head'].flops > 0
+    aux = parts['auxiliary_head']
+    assert aux.params > 0 and aux.flops == 0
+    assert aux.note == 'not run by the test forward (training only)'
+    assert result.not_counted['aten::avg_pool2d'] == 12
+
+
+@pytest.mark.parametrize('config, size', [
+    ('retinanet_poolformer_s12.py', (800, 1344)),
+    ('mask_rcnn_caformer_s18.py', (800, 1344)),
+    ('sem_fpn_poolformer_m48.py', (512, 512)),
+])
+def test_test_size(get_flops, config, size):
+    cfg = get_flops.load(osp.join(CONFIGS, config))
+    assert get_flops.test_size(cfg)[0] == size
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--arch', 's12', '--shape', '0', '224'], "invalid size '0'"),
+    (['--arch', 's12', '--shape', '224', '-8'], "invalid size '-8'"),
+    (['--arch', 's12', '--shape', '31', '224'], "invalid size '31'"),
+    (['--arch', 's12', '--shape', '22.5', '224'], "invalid size '22.5'"),
+    (['--arch', 's12', '--shape', '224'], 'expected 2 arguments'),
+    (['--arch', 's13'], "unknown --arch 's13'"),
+    ([], 'give either a config file or --arch NAME, not neither'),
+    (['x.py', '--arch', 's12'], 'not both'),
+    (['--arch', 's12', '--cfg-options', 'a=1'], 'applies to a config'),
+    ('not_openmmlab', "default_scope is None"),
+    ('no_resize', 'no Resize with a scale; pass --shape H W'),
+    (['nope.py'], "config file not found: 'nope.py' (give the path of a "
+     'detector or segmentor config, e.g. '
+     'configs/retinanet_poolformer_s12.py)'),
+])
+def test_bad_input(get_flops, tmp_path, capsys, args, message):
+    if args == 'not_openmmlab':
+        args = [write(tmp_path / 'cfg.py', 'model = dict()\n')]
+    elif args == 'no_resize':
+        args = [
+            write(
+                tmp_path / 'cfg.py', "default_scope = 'mmdet'\n"
+                "model = dict(type='RetinaNet')\n"
+                'test_dataloader = dict(dataset=dict(pipeline=['
+                "dict(type='LoadImageFromFile')]))\n")
+        ]
+    with pytest.raises(SystemExit) as exc:
+        get_flops.main(args)
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ''
+    assert err.startswith('get_flops.py: error: ')
+    assert err.count('\n') == 1, err
+    assert message in err
+    if message.startswith('invalid size'):
+        assert 'integers >= 32' in err
