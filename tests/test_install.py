@@ -113,6 +113,14 @@ def test_wheel_carries_configs_and_tools(installed, tmp_path):
     assert shipped == ours
     for tool in ('train.py', 'test.py', 'dist_train.sh', 'infer.py'):
         assert osp.isfile(osp.join(package, '.mim', 'tools', tool)), tool
+    # The README's name for a top-level config (mmengine wants a folder).
+    (tmp_path / 'mine.py').write_text(
+        "_base_ = ['poolformer_mm::_base_/../sem_fpn_poolformer_s24.py']\n")
+    code = ('import poolformer_mm; from mmengine import Config; '
+            'cfg = Config.fromfile("mine.py"); '
+            'print(cfg.model.backbone.arch, cfg.default_scope)')
+    out = run([installed, '-c', code], tmp_path, env_without_checkout())
+    assert out.stdout.split()[-2:] == ['s24', 'mmseg']
 
 
 def train_user_config(python, train_script, base, demo_data, folder,
