@@ -13,17 +13,23 @@ TOOLS = osp.join(ROOT, 'tools')
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 
 
-def run_tool(script, *args, cwd=None, timeout=900, env=None):
-    """Run tools/<script> in a fresh interpreter; fail with its output."""
-    cmd = [sys.executable, osp.join(TOOLS, script)] + [str(a) for a in args]
-    full_env = dict(os.environ, **(env or {}))
-    result = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True,
-                            text=True, timeout=timeout, env=full_env)
+def run_command(cmd, cwd=None, env=None, timeout=900):
+    """Run ``cmd`` (in ``env``, default the current environment); fail with
+    its output unless it exits 0."""
+    cmd = [str(c) for c in cmd]
+    result = subprocess.run(cmd, cwd=str(cwd or ROOT), capture_output=True,
+                            text=True, timeout=timeout, env=env)
     if result.returncode != 0:
         pytest.fail(f'{" ".join(cmd)} exited {result.returncode}\n'
                     f'--- stdout ---\n{result.stdout[-6000:]}\n'
                     f'--- stderr ---\n{result.stderr[-6000:]}')
     return result
+
+
+def run_tool(script, *args, cwd=None, timeout=900, env=None):
+    """Run tools/<script> in a fresh interpreter; fail with its output."""
+    return run_command([sys.executable, osp.join(TOOLS, script), *args],
+                       cwd, dict(os.environ, **(env or {})), timeout)
 
 
 @pytest.fixture(scope='session')

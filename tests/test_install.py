@@ -15,14 +15,13 @@ import glob
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 import sysconfig
 
 import pytest
 import yaml
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, run_command as run
 
 MMDET_TRAIN = osp.join(
     osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'train.py')
@@ -45,16 +44,6 @@ test_evaluator = None
 train_cfg = dict(max_epochs=1)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 '''
-
-
-def run(cmd, cwd, env=None, timeout=600):
-    result = subprocess.run([str(c) for c in cmd], cwd=str(cwd), env=env,
-                            capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        pytest.fail(f'{" ".join(map(str, cmd))} exited {result.returncode}\n'
-                    f'--- stdout ---\n{result.stdout[-5000:]}\n'
-                    f'--- stderr ---\n{result.stderr[-5000:]}')
-    return result
 
 
 @pytest.fixture(scope='module')

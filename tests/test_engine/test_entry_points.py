@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from conftest import run_command
 from tiny_demo import IN_PROCESS_LOADING, write_tiny_config
 
 MMDET_TOOLS = osp.join(
@@ -22,17 +23,9 @@ MMSEG_TOOLS = osp.join(
     osp.dirname(__import__('mmseg').__file__), '.mim', 'tools')
 
 
-def run_python(args, cwd, timeout=600):
+def run_python(args, cwd):
     """Run ``python *args`` in a fresh interpreter; fail with its output."""
-    result = subprocess.run([sys.executable] + [str(a) for a in args],
-                            cwd=str(cwd), capture_output=True, text=True,
-                            timeout=timeout)
-    if result.returncode != 0:
-        pytest.fail(f'python {" ".join(map(str, args))} exited '
-                    f'{result.returncode}\n--- stdout ---\n'
-                    f'{result.stdout[-4000:]}\n--- stderr ---\n'
-                    f'{result.stderr[-6000:]}')
-    return result
+    return run_command([sys.executable, *args], cwd)
 
 
 def run_snippet(code, cwd, *args):
