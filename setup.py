@@ -76,6 +76,7 @@ setup(
     extras_require=dict(
         frameworks,
         all=frameworks['mmdet'] + frameworks['mmseg'],
+        deploy=parse_requirements('deploy'),
         tests=parse_requirements('tests')),
     cmdclass={'build_py': BuildPyWithMim},
     zip_safe=False,

@@ -31,7 +31,7 @@ TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
 TESTED=(mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 timm==1.0.31
-    safetensors==0.8.0 numpy==1.26.4)
+    safetensors==0.8.0 numpy==1.26.4 onnx==1.17.0 onnxruntime==1.32.0)
 # mmcv's setup.py and mmengine's `mmdet::` config lookup import pkg_resources
 # (gone in setuptools 81); torch 2.14 wants >=77.
 SETUPTOOLS_SPEC='setuptools>=77,<81'
@@ -137,7 +137,8 @@ fi
 # test tools and this package.
 pip_install -q "${TESTED[@]}" -r "$ROOT/requirements/runtime.txt" \
     -r "$ROOT/requirements/mmdet.txt" -r "$ROOT/requirements/mmseg.txt" \
-    -r "$ROOT/requirements/stack.txt" -r "$ROOT/requirements/tests.txt"
+    -r "$ROOT/requirements/deploy.txt" -r "$ROOT/requirements/stack.txt" \
+    -r "$ROOT/requirements/tests.txt"
 pip_install -q --no-deps --no-build-isolation -e "$ROOT"
 
 log "verifying mmcv ops on CPU"

@@ -620,6 +620,27 @@ def test_reference_exports_to_onnx(tmp_path):
         assert path.stat().st_size > 0
 
 
+@pytest.mark.parametrize('arch', ['s12', 'poolformerv2_s12'])
+def test_deploy_recorded_form(arch):
+    """While tracing / exporting, folded blocks run out of place in public
+    ops (folded_block_recorded): equal to the folded path, and a traced
+    deploy backbone equals the reference at another input size."""
+    torch.manual_seed(0)
+    build = PoolFormer if arch == 's12' else MetaFormer
+    model = perturb(build(arch)).eval()
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    blocks = [b for s in deployed.stages for b in s.blocks]
+    x = torch.randn(2, 64, 15, 11)  # stage 0 has 64 channels
+    with torch.no_grad():
+        for block in blocks[:2]:
+            recorded = folded.folded_block_recorded(block.folded(), x)
+            assert rel_err(block(x), recorded) < RTOL
+        traced = torch.jit.trace(deployed, torch.randn(1, 3, 64, 96),
+                                 check_trace=False)
+        other = torch.randn(2, 3, 96, 64)
+        assert rel_err(model(other), traced(other)) < RTOL
+
+
 # ---------------------------------------------------------------------------
 # tools/test.py --deploy, end to end
 # ---------------------------------------------------------------------------

@@ -37,6 +37,11 @@ everything except the two sets of statistics folds into constants:
   autocast would run the modules.
   ``fc2`` stays unscaled and ``ls2`` is applied in the residual
   ``addcmul_``: folded into the weight it could underflow in float16.
+- recorded (TorchScript tracing, ONNX export, ``torch.compile``;
+  :func:`.tracing.is_recording`): the same folded block out of place in
+  public ops (:func:`folded_block_recorded`), the statistics as two means
+  (``ReduceMean`` in ONNX), the stem and downsampling convolutions as in
+  the reference network.
 
 On CPU the statistics are those of GroupNorm(1), from
 :func:`.cpu.mean_rstd`: one pass, or two (the mean, then the norm of
@@ -65,6 +70,7 @@ from .cpu import (ChannelsLastStem, FastPooling, FusedPoolBlock, box_sum,
                   channel_scale, inv_count, is_group_norm1, is_pointwise_conv,
                   mean_rstd, pool_window, use_onednn, window_sum)
 from .cuda import group_norm1_stats
+from .tracing import is_recording
 
 
 def can_fold(block: nn.Module) -> bool:
@@ -373,9 +379,36 @@ def _off_cpu_block_(p: FoldedConstants, x: Tensor,
     return x.addcmul_(out, c.mlp_scale)
 
 
+def folded_block_recorded(p: FoldedConstants, x: Tensor) -> Tensor:
+    """A folded block on ``x`` out of place, in public operators only: what
+    tracing and ONNX export record. GroupNorm(1)'s statistics become the
+    mean of ``x`` and of its squared deviation over (C, H, W), which every
+    ONNX runtime computes as written."""
+    dims = tuple(range(1, x.dim()))
+
+    def stats(t: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
+        mean = t.mean(dims, keepdim=True)
+        var = (t - mean).pow(2).mean(dims, keepdim=True)
+        return mean, torch.rsqrt(var + eps)
+
+    k = p.pool_size
+    _, rstd1 = stats(x, p.eps1)
+    pooled = F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
+    mixed = p.mix_scale * rstd1 * (pooled - x)
+    x = x + mixed if p.res_scale1 is None else x * p.res_scale1 + mixed
+    mean2, rstd2 = stats(x, p.eps2)
+    z = (x - mean2) * rstd2
+    if p.res_scale2 is not None:
+        x = x * p.res_scale2
+    hidden = p.act(F.conv2d(z, p.fc1_weight, p.fc1_bias))
+    return x + F.conv2d(hidden, p.fc2_weight, p.fc2_bias)
+
+
 def folded_block_forward(p: FoldedConstants, x: Tensor) -> Tensor:
     """Run a folded block on ``x`` (N, C, H, W), updating it in place;
-    returns it."""
+    returns it (a new tensor while :func:`.tracing.is_recording`)."""
+    if is_recording():
+        return folded_block_recorded(p, x)
     if _runs_off_cpu(x):
         return _folded_block_off_cpu_(p, x)
     x = _mixer_(p, x)
@@ -459,7 +492,7 @@ def _deploy_conv(module: nn.Module, x: Tensor, reference) -> Tensor:
     """A stem / downsampling (``module``, whose ``reference`` forward is
     given) on CPU with channels_last output; a bare convolution (Identity
     norm) on oneDNN with weights reordered for the input shape."""
-    if _runs_off_cpu(x):
+    if _runs_off_cpu(x) or is_recording():
         return reference(x)
     x = x.contiguous(memory_format=torch.channels_last)
     conv = module.conv
