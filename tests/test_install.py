@@ -64,7 +64,7 @@ def installed(tmp_path_factory):
     with open(osp.join(purelib, 'zz_stack.pth'), 'w') as f:
         f.write(sysconfig.get_paths()['purelib'] + '\n')
     out = run([python, '-m', 'pip', 'install', '--no-index',
-               '--disable-pip-version-check', f'{wheel}[mmdet,mmseg]'],
+               '--disable-pip-version-check', f'{wheel}[mmdet,mmseg,deploy]'],
               tmp).stdout
     installed = [line for line in out.splitlines()
                  if line.startswith('Successfully installed')]
@@ -166,7 +166,7 @@ def test_metafile_lists_every_config():
 def test_requirements_are_ranges():
     """The package's requirements leave room for an existing stack; the
     exact tested set lives in tools/setup_env.sh."""
-    for name in ('runtime', 'mmdet', 'mmseg'):
+    for name in ('runtime', 'mmdet', 'mmseg', 'deploy'):
         with open(osp.join(ROOT, 'requirements', f'{name}.txt')) as f:
             lines = [line.split('#')[0].strip() for line in f]
         for line in filter(None, lines):
