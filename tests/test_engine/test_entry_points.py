@@ -5,6 +5,8 @@ Each entry point runs in a fresh interpreter, as a user would run it: the
 config's ``custom_imports`` import ``poolformer_mm``, which adds the data-only
 types of mmengine checkpoints to torch's weights-only allowlist before any
 checkpoint is read. Nothing in these scripts imports ``poolformer_mm`` itself.
+MMDetection's own ``tools/train.py --resume`` on a work dir it wrote is
+``test_reliability.test_mmdetection_train_tool_runs_the_same``.
 """
 import glob
 import os.path as osp
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from conftest import run_command
-from tiny_demo import IN_PROCESS_LOADING, write_tiny_config
+from tiny_demo import IN_PROCESS_LOADING
 
 MMDET_TOOLS = osp.join(
     osp.dirname(__import__('mmdet').__file__), '.mim', 'tools')
@@ -104,21 +106,6 @@ def test_framework_test_tool_reads_training_checkpoint(
     ] + options, tmp_path)
     metric = 'mIoU' if model == 'sem_fpn' else 'bbox_mAP'
     assert metric in out.stdout + out.stderr
-
-
-def test_mmdet_train_tool_resumes_its_own_checkpoint(demo_data, tmp_path):
-    config = write_tiny_config(tmp_path / 'tiny.py', demo_data, max_epochs=1)
-    work_dir = tmp_path / 'work'
-    train = [osp.join(MMDET_TOOLS, 'train.py'), config, '--work-dir',
-             work_dir]
-    run_python(train, tmp_path)
-    assert (work_dir / 'epoch_1.pth').is_file()
-    out = run_python(
-        train + ['--resume', '--cfg-options', 'train_cfg.max_epochs=2'],
-        tmp_path)
-    log = out.stdout + out.stderr
-    assert 'resumed epoch: 1, iter: 4' in log
-    assert (work_dir / 'epoch_2.pth').is_file()
 
 
 def test_mmseg_train_tool_resumes_its_own_checkpoint(demo_data, tmp_path):
