@@ -112,10 +112,11 @@ def read_checkpoint(filename: str,
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if refused_global(exc) is not None:
+        what = refused_global(exc)
+        if what is not None:
             raise CheckpointError(
                 f'Refusing to load {filename!r}: unpickling it needs '
-                f'{refused_global(exc)}, which could run arbitrary code. '
+                f'{what}, which could run arbitrary code. '
                 'Convert it to a plain state dict with '
                 'tools/convert_weights.py from a trusted environment.'
             ) from exc

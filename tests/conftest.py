@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -24,6 +25,17 @@ def run_command(cmd, cwd=None, env=None, timeout=900):
                     f'--- stdout ---\n{result.stdout[-6000:]}\n'
                     f'--- stderr ---\n{result.stderr[-6000:]}')
     return result
+
+
+def load_tool(script):
+    """tools/<script> (e.g. 'infer.py', 'analysis/get_flops.py') imported
+    as a module, to call its functions in this process."""
+    name = osp.splitext(osp.basename(script))[0]
+    spec = importlib.util.spec_from_file_location(name,
+                                                  osp.join(TOOLS, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_tool(script, *args, cwd=None, timeout=900, env=None):

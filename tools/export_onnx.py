@@ -75,6 +75,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from poolformer_mm.engine.tool_config import build_model, load_config
+
 # Configs under this checkout are recorded by their relative path.
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -137,7 +139,6 @@ def parse_args(argv=None):
 
 def load_cfg(path: str):
     """The config, as the other tools read it."""
-    from poolformer_mm.engine.tool_config import load_config
     if not osp.isfile(path):
         raise InputError(f'config file not found: {path!r}')
     try:
@@ -164,20 +165,6 @@ def check_supported(cfg, part: str) -> None:
             f'model type {kind!r} with head {head!r} is not supported for '
             f'--part model; supported: {supported}; or export the backbone '
             'alone with --part backbone')
-
-
-def build_model(cfg) -> nn.Module:
-    """The config's model, eval mode, seeded random weights; init_weights
-    is not called, so no pretrained file is downloaded."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    init_default_scope(cfg.default_scope)
-    if cfg.default_scope == 'mmdet':
-        from mmdet.registry import MODELS as REGISTRY
-    else:
-        from mmseg.registry import MODELS as REGISTRY
-    torch.manual_seed(0)
-    return revert_sync_batchnorm(REGISTRY.build(cfg.model)).eval()
 
 
 def load_weights(model: nn.Module, path: str, part: str) -> None:

@@ -1,6 +1,7 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: reading the config,
-applying the command line options that MMDetection's tools have, and
-building the runner the config names.
+"""What the tools share: reading the config, applying the command line
+options that MMDetection's tools have, building the runner the config names
+(``tools/train.py``, ``tools/test.py``) or only its model (the analysis and
+export tools).
 
 Nothing here substitutes hooks, wrappers or runners: what runs is what the
 config says (the ``configs/_base_`` files name
@@ -55,6 +56,26 @@ def load_config(path: str,
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(path))[0])
     return cfg
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The config's model, built in its framework's registry, in eval mode,
+    with seeded random weights: ``init_weights`` is not called, so no
+    pretrained file is downloaded.
+
+    Args:
+        cfg (Config): From :func:`load_config`.
+    """
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.default_scope)
+    if cfg.default_scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    torch.manual_seed(0)
+    # SyncBN (in MMSegmentation's heads) needs a process group.
+    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -3,21 +3,12 @@
 A few repetitions at a tiny size: this checks that the tool works and what
 its table holds, never the timings (those are the benchmark's own output).
 """
-import importlib.util
 import os.path as osp
 import re
 
 import pytest
 import torch
-from conftest import ROOT
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark', osp.join(ROOT, 'tools', 'benchmark.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool
 
 
 QUICK = ['--size', '64', '64', '--threads', '1', '--reps', '1', '--warmup',
@@ -26,7 +17,7 @@ QUICK = ['--size', '64', '64', '--threads', '1', '--reps', '1', '--warmup',
 
 def test_backbone_variants_and_floors(tmp_path):
     pytest.importorskip('timm')
-    benchmark = load_benchmark()
+    benchmark = load_tool('benchmark.py')
     out = benchmark.main(['--arch', 's12', *QUICK, '--json',
                           str(tmp_path / 'result.json')])
     eval_names = set(out['results']['eval'])
@@ -65,7 +56,7 @@ def test_backbone_variants_and_floors(tmp_path):
 
 
 def test_paired_ratio():
-    benchmark = load_benchmark()
+    benchmark = load_tool('benchmark.py')
     base = dict(wall_ms=[10., 10., 10., 10., 10.])
     # Per round 2, 1, 2, 1, 2.5: median 2, quartiles 1 and 2.25.
     timing = dict(wall_ms=[5., 10., 5., 10., 4.])
@@ -78,7 +69,7 @@ def test_paired_ratio():
 
 
 def test_metaformer_rows_go_by_their_arch():
-    benchmark = load_benchmark()
+    benchmark = load_tool('benchmark.py')
     out = benchmark.main(['--arch', 'convformer_s18', *QUICK, '--variants',
                           'ours', 'deploy', 'floor_1x1', '--no-train',
                           '--vary-size', '2'])
@@ -89,7 +80,7 @@ def test_metaformer_rows_go_by_their_arch():
 
 
 def test_profile_train_step(capsys):
-    benchmark = load_benchmark()
+    benchmark = load_tool('benchmark.py')
     benchmark.main(['--arch', 's12', *QUICK, '--profile', 'ours',
                     '--profile-phase', 'train'])
     assert '# profile of PoolFormer (default) (train, 3 calls)' in (
@@ -100,7 +91,7 @@ def test_profile_train_step(capsys):
 
 
 def test_vary_size_cycles_through_sizes():
-    benchmark = load_benchmark()
+    benchmark = load_tool('benchmark.py')
     args = benchmark.parse_args(['--size', '64', '96', '--vary-size', '3'])
     bench = benchmark.Bench(args)
     inputs = bench._inputs(bench.x_cl)

@@ -4,7 +4,6 @@ detectors' dense heads, checked in ONNX Runtime against PyTorch.
 Small inputs (64x96, and 128x64 at batch 2 for dynamic exports) keep the
 file fast; the tool's own ``--verify`` does the comparison.
 """
-import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, ROOT, TOOLS, run_tool
+from conftest import CONFIGS, ROOT, TOOLS, load_tool, run_tool
 from onnx import TensorProto, helper
 
 SHAPE = ('64', '96')
@@ -26,11 +25,7 @@ MASK_RCNN = osp.join(CONFIGS, 'mask_rcnn_poolformer_s12.py')
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location(
-        'export_onnx', osp.join(TOOLS, 'export_onnx.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('export_onnx.py')
 
 
 def export(tool, tmp_path, config, *options, name='model.onnx'):

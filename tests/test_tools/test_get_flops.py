@@ -4,7 +4,6 @@ configs' models and of the backbones alone.
 The backbones alone must reproduce the papers' ImageNet MACs; the configs
 are counted at small ``--shape`` values, which keeps the file fast.
 """
-import importlib.util
 import os.path as osp
 import re
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import CONFIGS, TOOLS, run_tool
+from conftest import CONFIGS, load_tool, run_tool
 
 from poolformer_mm import PoolFormer
 
@@ -26,11 +25,7 @@ TABLE_ROW = re.compile(r'\| (\S+) +\| +([0-9.]+) \| +([0-9.]+) \|')
 
 @pytest.fixture(scope='module')
 def get_flops():
-    spec = importlib.util.spec_from_file_location(
-        'get_flops', osp.join(TOOLS, 'analysis', 'get_flops.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('analysis/get_flops.py')
 
 
 @pytest.fixture(scope='module')

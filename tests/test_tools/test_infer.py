@@ -7,7 +7,6 @@ scores sit far below the default threshold: the detection runs keep the five
 best boxes whatever their score (``DET_ALL``), so that there is something to
 draw and compare, and not a hundred (drawing them takes seconds).
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TOOLS, run_tool
+from conftest import ROOT, TOOLS, load_tool, run_tool
 
 CLASSES = ('circle', 'square', 'triangle', 'star')
 SEG_CLASSES = ('background', ) + CLASSES
@@ -27,14 +26,6 @@ DET_OPTIONS = [
     'model.test_cfg.max_per_img=5'
 ]
 DET_ALL = ['--score-thr', '0', *DET_OPTIONS]
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(TOOLS, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_json(path):
@@ -97,7 +88,7 @@ def test_whole_model_file_on_one_image(det_folder, demo_data, tmp_path):
     predictions as the training checkpoint, above the chosen threshold."""
     config, checkpoint, folder_out, _ = det_folder
     whole = tmp_path / 'whole.pth'
-    load_tool('convert_weights').main(
+    load_tool('convert_weights.py').main(
         [checkpoint, str(whole), '--whole-model'])
     image = val_images(demo_data)[1]
     stem = osp.splitext(osp.basename(image))[0]
@@ -121,7 +112,7 @@ def test_whole_model_file_on_one_image(det_folder, demo_data, tmp_path):
 def test_backbone_weights_only_warn(trained_demo, demo_data, tmp_path):
     config, checkpoint, _ = trained_demo('retinanet')
     backbone = tmp_path / 'backbone.pth'
-    load_tool('convert_weights').main([checkpoint, str(backbone)])
+    load_tool('convert_weights.py').main([checkpoint, str(backbone)])
     image = val_images(demo_data)[0]
     result = run_tool('infer.py', config, backbone, image, '--out-dir',
                       tmp_path / 'out')
@@ -223,7 +214,7 @@ def test_checkpoint_of_another_model_is_refused(trained_demo, demo_data,
 
 @pytest.fixture
 def infer():
-    return load_tool('infer')
+    return load_tool('infer.py')
 
 
 def bad_input(case, tmp_path):

@@ -6,7 +6,6 @@ runs it); the other runs call the tool's ``main`` in this process, which
 saves the start-up of a fresh interpreter each.
 """
 import glob
-import importlib.util
 import os.path as osp
 import re
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIGS, TOOLS, run_tool
+from conftest import CONFIGS, TOOLS, load_tool, run_tool
 from tiny_demo import state_dict
 
 SCRIPT = osp.join(TOOLS, 'analysis', 'vis_features.py')
@@ -26,16 +25,9 @@ COLUMNS = ('stage', 'stride', 'channels', 'size', 'mean', 'std', 'min',
            'max', 'pre_mean', 'pre_std')
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location('vis_features', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def vis(capsys, *args):
     """Run the tool in this process; its printed report."""
-    load_tool().main([str(a) for a in args])
+    load_tool('analysis/vis_features.py').main([str(a) for a in args])
     return capsys.readouterr().out
 
 
@@ -167,7 +159,7 @@ def test_segmentation_test_pipeline(image):
     """Resize, then ResizeToMultiple, then the data preprocessor's
     normalisation, as the segmentation demo's test pipeline does."""
     from mmengine.config import Config
-    tool = load_tool()
+    tool = load_tool('analysis/vis_features.py')
     cfg = Config.fromfile(SEM_FPN)
     args = tool.parse_args([SEM_FPN, image])
     img = np.zeros((50, 100, 3), np.uint8)
@@ -214,7 +206,7 @@ def bad_inputs(tmp_path, config, checkpoint, image):
 
 def test_bad_inputs(trained, image, tmp_path, capsys):
     config, checkpoint, _, _ = trained
-    tool = load_tool()
+    tool = load_tool('analysis/vis_features.py')
     for args, message in bad_inputs(tmp_path, config, checkpoint, image):
         with pytest.raises(SystemExit) as exc:
             tool.main([str(a) for a in (*args, '--out', tmp_path / 'x.png')])

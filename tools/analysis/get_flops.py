@@ -99,9 +99,7 @@ from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config, DictAction
 from mmengine.logging import MMLogger
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from poolformer_mm.engine.tool_config import build_model, load_config
 
 # One pixel at the backbone's stride-32 output.
 MIN_SIZE = 32
@@ -470,7 +468,6 @@ def test_size(cfg: Config) -> Tuple[Tuple[int, int], str]:
 
 def load(path: str, cfg_options: Optional[dict] = None) -> Config:
     """The config (``load_config`` of the tools), errors as InputError."""
-    from poolformer_mm.engine.tool_config import load_config
     if not osp.isfile(path):
         raise InputError(f'config file not found: {path!r} (give the path '
                          'of a detector or segmentor config, e.g. '
@@ -479,21 +476,6 @@ def load(path: str, cfg_options: Optional[dict] = None) -> Config:
         return load_config(path, cfg_options)
     except ValueError as err:  # not an mmdet / mmseg config
         raise InputError(str(err)) from None
-
-
-def build_model(cfg: Config) -> nn.Module:
-    """Build the config's model in its framework's registry, in eval mode,
-    with random weights (nothing loaded)."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    init_default_scope(cfg.default_scope)
-    if cfg.default_scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
-    torch.manual_seed(0)
-    # SyncBN (in MMSegmentation's heads) needs a process group.
-    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
 
 
 def data_samples(scope: str, h: int, w: int) -> list:
