@@ -9,10 +9,9 @@ A tiny, deterministic RetinaNet demo run:
 The config inherits ``configs/demo/retinanet_poolformer_s12_demo.py`` and
 overrides only what keeps the tests small and repeatable: the ``demo_data``
 fixture's 8 training images at 64x64 (by default), 2 images per batch (4
-iterations an epoch), no validation, a checkpoint every epoch, no random flip
-and no data-loader workers, so that an epoch sees the same data however the
-run got there (the random state of augmentations is not part of a
-checkpoint).
+iterations an epoch), no validation, a checkpoint every epoch, no
+data-loader workers and (unless ``flip=True``) no random flip. Tests of the
+training runtime ask for a smaller network (``small_model=True``).
 """
 import glob
 import json
@@ -32,7 +31,7 @@ tiny_scale = {scale!r}
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=tiny_scale, keep_ratio=True),
+    dict(type='Resize', scale=tiny_scale, keep_ratio=True),{flip}
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
@@ -66,14 +65,34 @@ randomness = dict(seed=0, deterministic=True)
 '''
 
 
+# A PoolFormer of one block a stage with narrow FPN and heads, for tests of
+# the training runtime, where the network's size only costs time (and
+# checkpoint megabytes).
+SMALL_MODEL = '''
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, layers=[1, 1, 1, 1],
+                            embed_dims=[16, 32, 64, 128],
+                            mlp_ratios=4, layer_scale_init_value=1e-5)),
+    neck=dict(in_channels=[32, 64, 128], out_channels=32),
+    bbox_head=dict(in_channels=32, feat_channels=32, stacked_convs=2,
+                   norm_cfg=dict(num_groups=8)))
+'''
+
+
 def write_tiny_config(path,
                       demo_data,
                       max_epochs=3,
                       max_keep_ckpts=-1,
                       imports=('poolformer_mm', ),
                       extra='',
-                      scale=(64, 64)):
-    """Write the tiny demo config to ``path`` and return its path."""
+                      scale=(64, 64),
+                      flip=False,
+                      small_model=False):
+    """Write the tiny demo config to ``path`` and return its path.
+
+    ``flip=True`` adds a random flip (p=0.5) to the training pipeline;
+    ``small_model=True`` shrinks the RetinaNet (:data:`SMALL_MODEL`).
+    """
     text = TEMPLATE.format(
         scale=tuple(scale),
         base=DEMO_CONFIG,
@@ -81,7 +100,8 @@ def write_tiny_config(path,
         data_root=f'{demo_data}/coco/',
         max_epochs=max_epochs,
         max_keep_ckpts=max_keep_ckpts,
-        extra=extra)
+        flip="\n    dict(type='RandomFlip', prob=0.5)," if flip else '',
+        extra=(SMALL_MODEL if small_model else '') + extra)
     with open(path, 'w') as f:
         f.write(text)
     return str(path)

@@ -37,5 +37,10 @@ model = dict(
 optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, weight_decay=1e-4),
     clip_grad=None)
-# CheckpointHook's options, with atomic writes (poolformer_mm).
-default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+# CheckpointHook's options, with atomic writes (poolformer_mm); on SIGTERM or
+# SIGUSR1 (a scheduler's preemption) finish the iteration, write iter_N.pth
+# and exit with code 75, then --resume continues mid-epoch exactly.
+default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook'),
+    preemption=dict(type='PreemptionHook'))
+train_cfg = dict(type='ResumableEpochBasedTrainLoop')

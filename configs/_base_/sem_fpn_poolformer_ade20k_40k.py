@@ -48,9 +48,12 @@ param_scheduler = [
         by_epoch=False)
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=40000, val_interval=4000)
-# CheckpointHook's options, with atomic writes (poolformer_mm).
+# CheckpointHook's options, with atomic writes (poolformer_mm); on SIGTERM or
+# SIGUSR1 (a scheduler's preemption) finish the iteration, write iter_N.pth
+# and exit with code 75, then --resume continues from there.
 default_hooks = dict(
-    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=4000))
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=4000),
+    preemption=dict(type='PreemptionHook'))
 
 train_dataloader = dict(batch_size=4)
 # The original resizes test images to a multiple of 32 after the 2048x512

@@ -1,15 +1,19 @@
-"""The training runtime that the configs name: a runner, hooks, a
+"""The training runtime that the configs name: a runner, hooks, a loop, a
 distributed wrapper and an optimizer wrapper for what mmengine lacks (safe
-resume, crash-safe checkpoints, multi-process training and mixed precision on
-CPUs, the deploy switch for testing).
+resume, crash-safe checkpoints, stopping on a scheduler's signal and exact
+mid-epoch resume, multi-process training and mixed precision on CPUs, the
+deploy switch for testing).
 
-Importing this package registers them in mmengine's root registries (RUNNERS,
-HOOKS, MODEL_WRAPPERS, OPTIM_WRAPPERS), which MMDetection's and
-MMSegmentation's fall back to. Modules:
+Importing this package registers them in mmengine's root registries
+(RUNNERS, HOOKS, LOOPS, DATA_SAMPLERS, MODEL_WRAPPERS, OPTIM_WRAPPERS), which
+MMDetection's and MMSegmentation's fall back to. Modules:
 
 - :mod:`.runner`: :class:`SafeRunner` and how it finds the checkpoint to
   resume from;
-- :mod:`.hooks`: :class:`SafeCheckpointHook`, :class:`SwitchToDeployHook`;
+- :mod:`.hooks`: :class:`SafeCheckpointHook`, :class:`PreemptionHook`,
+  :class:`SwitchToDeployHook`;
+- :mod:`.loops`: :class:`ResumableEpochBasedTrainLoop` and the random
+  states that checkpoints carry;
 - :mod:`.safe_loading`: the ``torch.load`` allowlist for mmengine training
   checkpoints;
 - :mod:`.distributed`: :class:`CPUDistributedDataParallel` and the gloo
@@ -18,13 +22,17 @@ MMSegmentation's fall back to. Modules:
 - :mod:`.tool_config`: what ``tools/train.py`` and ``tools/test.py`` share.
 """
 from .distributed import CPUDistributedDataParallel, init_cpu_process_group
-from .hooks import SafeCheckpointHook, SwitchToDeployHook
+from .hooks import (PREEMPTED_EXIT_CODE, PreemptionHook, SafeCheckpointHook,
+                    SwitchToDeployHook)
+from .loops import ResumableBatchSampler, ResumableEpochBasedTrainLoop
 from .optim_wrapper import AutocastOptimWrapper
 from .runner import SafeRunner
 from .safe_loading import load_training_checkpoint
 
 __all__ = [
-    'AutocastOptimWrapper', 'CPUDistributedDataParallel', 'SafeCheckpointHook',
-    'SafeRunner', 'SwitchToDeployHook', 'init_cpu_process_group',
-    'load_training_checkpoint'
+    'AutocastOptimWrapper', 'CPUDistributedDataParallel',
+    'PREEMPTED_EXIT_CODE',
+    'PreemptionHook', 'ResumableBatchSampler', 'ResumableEpochBasedTrainLoop',
+    'SafeCheckpointHook', 'SafeRunner', 'SwitchToDeployHook',
+    'init_cpu_process_group', 'load_training_checkpoint'
 ]

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Optional
 
 import torch.distributed as torch_dist
+from torch.distributed.constants import default_pg_timeout
 from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
@@ -85,7 +86,45 @@ def init_cpu_process_group(launcher: str,
     kwargs = {}
     if timeout is not None:
         kwargs['timeout'] = timedelta(seconds=timeout)
-    torch_dist.init_process_group(backend=backend, **kwargs)
+    torch_dist.init_process_group(
+        backend=backend, **kwargs, **elastic_store_kwargs(timeout))
+
+
+def elastic_store_kwargs(timeout: Optional[float] = None) -> dict:
+    """``init_process_group`` arguments that make the workers of one
+    torchrun attempt meet apart from those of earlier attempts.
+
+    torchrun's agent hosts the store that its workers meet in and keeps it
+    when it starts the worker group again (``--max-restarts``). torch's
+    ``env://`` initialisation uses the same keys in every attempt, so a
+    worker of the new group can read the address that a dead worker of the
+    old one published, and fail ("Connection refused"). Under the agent's
+    store (``TORCHELASTIC_USE_AGENT_STORE``) this gives that store with the
+    keys prefixed by the attempt (``TORCHELASTIC_RESTART_COUNT``), and the
+    rank and world size; otherwise nothing (``env://`` as usual).
+
+    Args:
+        timeout (float, optional): Seconds; torch's default otherwise.
+
+    Returns:
+        dict: ``store``, ``rank`` and ``world_size``, or empty.
+    """
+    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True':
+        return {}
+    world_size = int(os.environ['WORLD_SIZE'])
+    agent_store = torch_dist.TCPStore(
+        host_name=os.environ['MASTER_ADDR'],
+        port=int(os.environ['MASTER_PORT']),
+        world_size=world_size,
+        is_master=False,
+        timeout=(default_pg_timeout
+                 if timeout is None else timedelta(seconds=timeout)))
+    attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+    return dict(
+        store=torch_dist.PrefixStore(f'poolformer_mm/attempt_{attempt}/',
+                                     agent_store),
+        rank=int(os.environ['RANK']),
+        world_size=world_size)
 
 
 def cpu_model_wrapper_cfg(model_wrapper_cfg: Optional[dict],

@@ -11,18 +11,21 @@ method of mmengine's ``Runner`` that it overrides:
   the file with the allowlist of :mod:`poolformer_mm.engine.safe_loading`,
   and names it when it is torn or would need unsafe globals;
 - ``resume``: checks right after loading that the optimizer state fits the
-  parameters (:func:`check_optimizer_state`);
+  parameters (:func:`check_optimizer_state`), then restores the random
+  generator states the checkpoint holds;
 - ``load_or_resume``: ``resume=True`` without ``load_from`` (``--resume``
   without a value) continues from the newest *complete* checkpoint
   (:func:`find_resumable_checkpoint`), where mmengine trusts the
-  ``last_checkpoint`` pointer whatever it names;
+  ``last_checkpoint`` pointer whatever it names; a job that torchrun or
+  Slurm started again resumes by itself;
 - ``from_cfg``: settings that a config inherits through
   ``_base_ = ['poolformer_mm::...']`` are built in the config's
   ``default_scope`` (:func:`~poolformer_mm.registry.resolve_package_scope`);
 - ``setup_env`` and ``wrap_model``: without an accelerator, a multi-process
   run opens a gloo process group and wraps the model with
   :class:`~poolformer_mm.engine.CPUDistributedDataParallel` (see
-  :mod:`poolformer_mm.engine.distributed`). With CUDA they are mmengine's.
+  :mod:`poolformer_mm.engine.distributed`); processes that torchrun started
+  again meet apart from the dead ones. Otherwise they are mmengine's.
 """
 import logging
 import os
@@ -33,7 +36,7 @@ from typing import List, Optional
 
 import torch
 from mmengine.device import get_device
-from mmengine.dist import is_distributed
+from mmengine.dist import init_dist, is_distributed
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
@@ -41,7 +44,9 @@ from mmengine.runner import Runner
 
 from ..pretrained import CheckpointError
 from ..registry import resolve_package_scope
-from .distributed import cpu_model_wrapper_cfg, init_cpu_process_group
+from .distributed import (cpu_model_wrapper_cfg, elastic_store_kwargs,
+                          init_cpu_process_group)
+from .loops import RNG_STATES, restore_rng_states
 from .safe_loading import safe_checkpoint_loading
 
 LAST_CHECKPOINT = 'last_checkpoint'
@@ -71,17 +76,25 @@ class SafeRunner(Runner):
 
     def setup_env(self, env_cfg: dict) -> None:
         """Set up the environment as mmengine does, opening the process group
-        of a multi-process CPU run first.
+        first.
 
-        mmengine's ``init_dist`` calls ``torch.cuda.set_device``; with the
-        group already open it is skipped. mmengine's default backend,
-        ``nccl``, needs CUDA: gloo is used instead (a log line says so).
+        - A multi-process CPU run: mmengine's ``init_dist`` calls
+          ``torch.cuda.set_device``, so the group is opened here; the
+          default backend, ``nccl``, needs CUDA: gloo is used instead (a log
+          line says so).
+        - Processes started by torchrun: the group meets in the store of
+          the current torchrun attempt
+          (:func:`~poolformer_mm.engine.distributed.elastic_store_kwargs`),
+          so that a worker group restarted by ``--max-restarts`` does not
+          read what the one before left there.
+
+        With the group open, mmengine's own ``init_dist`` is skipped.
 
         Args:
             env_cfg (dict): The config's ``env_cfg``.
         """
+        dist_cfg = dict((env_cfg or {}).get('dist_cfg') or {})
         if self._on_cpu_processes() and not is_distributed():
-            dist_cfg = (env_cfg or {}).get('dist_cfg') or {}
             backend = dist_cfg.get('backend', 'nccl')
             if backend == 'nccl':
                 print_log(
@@ -91,6 +104,12 @@ class SafeRunner(Runner):
                 backend = 'gloo'
             init_cpu_process_group(self.launcher, backend,
                                    dist_cfg.get('timeout'))
+        elif (self.distributed and self.launcher == 'pytorch'
+              and not is_distributed()):
+            # mmengine's init_dist, meeting apart from earlier torchrun
+            # attempts (see elastic_store_kwargs).
+            init_dist(self.launcher, **dist_cfg,
+                      **elastic_store_kwargs(dist_cfg.get('timeout')))
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg: Optional[dict],
@@ -128,16 +147,37 @@ class SafeRunner(Runner):
             return super().load_checkpoint(filename, *args, **kwargs)
 
     def resume(self, filename: str, *args, **kwargs) -> None:
-        """``Runner.resume``, then :func:`check_optimizer_state`."""
+        """``Runner.resume``, then :func:`check_optimizer_state`, then the
+        random generator states the checkpoint holds for this process
+        (:func:`~poolformer_mm.engine.loops.restore_rng_states`; mmengine
+        only reseeds them)."""
         super().resume(filename, *args, **kwargs)
         check_optimizer_state(self, filename)
+        if restore_rng_states(self.message_hub.get_info(RNG_STATES)):
+            self.logger.info('Restored the random generator states of the '
+                             'checkpoint.')
 
     def load_or_resume(self) -> None:
-        """Load or resume as mmengine does, except that auto-resume
-        (``resume=True`` without ``load_from``) picks the checkpoint with
-        :func:`find_resumable_checkpoint`: a torn newest file is skipped with
-        a warning, and a work dir without checkpoints trains from scratch.
+        """Load or resume as mmengine does, except that:
+
+        - auto-resume (``resume=True`` without ``load_from``) picks the
+          checkpoint with :func:`find_resumable_checkpoint`: a torn newest
+          file is skipped with a warning, and a work dir without checkpoints
+          trains from scratch;
+        - a job that its launcher started again (:func:`restart_count`:
+          torchrun's ``--max-restarts``, a requeued Slurm job) resumes from
+          the newest complete checkpoint in the work dir when there is one,
+          whatever ``load_from`` / ``resume`` say: they describe how the
+          first start began.
         """
+        restarts = restart_count()
+        if restarts and not self._has_loaded:
+            latest = find_resumable_checkpoint(self.work_dir)
+            if latest is not None:
+                self.logger.info(
+                    f'Restart {restarts} of this job: resuming from {latest}'
+                    f', the newest complete checkpoint in {self.work_dir}.')
+                self._resume, self._load_from = True, latest
         if self._resume and self._load_from is None and not self._has_loaded:
             latest = find_resumable_checkpoint(self.work_dir)
             if latest is None:
@@ -149,6 +189,22 @@ class SafeRunner(Runner):
                                  f'complete checkpoint in {self.work_dir}.')
                 self._load_from = latest
         super().load_or_resume()
+
+
+def restart_count() -> int:
+    """How many times the job's launcher has started it again: torchrun
+    after a worker failed (``TORCHELASTIC_RESTART_COUNT``, up to
+    ``--max-restarts``), Slurm after requeueing it (``SLURM_RESTART_COUNT``).
+    0 for a first start."""
+    counts = []
+    for name in ('TORCHELASTIC_RESTART_COUNT', 'SLURM_RESTART_COUNT'):
+        value = os.environ.get(name, '0') or '0'
+        try:
+            counts.append(int(value))
+        except ValueError:
+            raise RuntimeError(
+                f'{name}={value!r}: the launcher sets it to an integer')
+    return max(counts)
 
 
 def check_optimizer_state(runner: Runner, filename: str) -> None:
@@ -221,7 +277,9 @@ def checkpoint_is_complete(path: str) -> bool:
 
 
 def _checkpoints_in(directory: str) -> List[str]:
-    """``epoch_N.pth`` / ``iter_N.pth`` in ``directory``, newest first."""
+    """``epoch_N.pth`` / ``iter_N.pth`` in ``directory``, newest first: by
+    the time they were written (an epoch-based run writes both kinds), then
+    by number."""
     if not osp.isdir(directory):
         return []
     found = []
@@ -229,7 +287,7 @@ def _checkpoints_in(directory: str) -> List[str]:
         match = _CHECKPOINT_NAME.match(name)
         if match:
             found.append(
-                (int(match.group(2)), osp.getmtime(osp.join(directory, name)),
+                (osp.getmtime(osp.join(directory, name)), int(match.group(2)),
                  osp.join(directory, name)))
     return [path for *_, path in sorted(found, reverse=True)]
 

@@ -80,7 +80,8 @@ def test_two_processes_train_and_test_on_cpu(demo_data, tmp_path):
         max_epochs=2,
         imports=('poolformer_mm', 'rank_dump'),
         extra=f'custom_hooks = [dict(type="DumpRankWeights", '
-        f'out_dir={str(out)!r})]')
+        f'out_dir={str(out)!r})]',
+        small_model=True)
     env = dict(
         os.environ,
         PORT=str(free_port()),

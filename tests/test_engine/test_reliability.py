@@ -1,9 +1,11 @@
 """Checkpoints that survive crashes, resume on torch >= 2.6, unsafe pickles.
 
-The end-to-end tests train the tiny demo config (tests/tiny_demo.py: 2
-epochs of 4 iterations at 64x64, deterministic) through tools/train.py, and
+The end-to-end tests train the tiny demo config with a small RetinaNet
+(tests/tiny_demo.py: 2 epochs of 4 iterations at 64x64, deterministic)
+through tools/train.py, and
 through MMDetection's own tools/train.py, which runs the same runner and
-hooks because the configs name them.
+hooks because the configs name them. A kill after a checkpoint, then
+resume: tests/test_engine/test_preemption.py.
 """
 import json
 import os
@@ -13,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -46,50 +47,13 @@ def assert_same_weights(path, reference):
 def reference(demo_data, tmp_path_factory):
     """The uninterrupted run: work dir with epoch_1..3.pth."""
     tmp = tmp_path_factory.mktemp('reference')
-    config = write_tiny_config(tmp / 'tiny.py', demo_data, EPOCHS)
+    config = write_tiny_config(tmp / 'tiny.py', demo_data, EPOCHS,
+                               small_model=True)
     run_tool('train.py', config, '--work-dir', tmp / 'work')
     work = tmp / 'work'
     assert (work / 'last_checkpoint').read_text() == str(work /
                                                          f'epoch_{EPOCHS}.pth')
-    yield work
-    shutil.rmtree(tmp)  # 240 MB a checkpoint
-
-
-def test_sigkill_then_resume_matches_uninterrupted_run(demo_data, reference,
-                                                       tmp_path):
-    config = write_tiny_config(tmp_path / 'tiny.py', demo_data, EPOCHS)
-    work = tmp_path / 'work'
-    log = open(tmp_path / 'killed.log', 'w')
-    proc = subprocess.Popen([
-        sys.executable,
-        osp.join(TOOLS, 'train.py'), config, '--work-dir',
-        str(work)
-    ],
-                            stdout=log,
-                            stderr=subprocess.STDOUT)
-    pointer = work / 'last_checkpoint'
-    deadline = time.monotonic() + 600
-    try:
-        # Kill as soon as the first checkpoint is complete (the pointer is
-        # written after the file).
-        while not (pointer.is_file() and pointer.read_text()
-                   and osp.isfile(pointer.read_text())):
-            assert proc.poll() is None, (tmp_path / 'killed.log').read_text()
-            assert time.monotonic() < deadline, 'no checkpoint in 10 min'
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    assert not (work / f'epoch_{EPOCHS}.pth').exists(), 'killed too late'
-
-    result = run_tool('train.py', config, '--work-dir', work, '--resume')
-    assert 'resumed epoch: ' in result.stdout + result.stderr
-    assert_same_weights(work / f'epoch_{EPOCHS}.pth',
-                        reference / f'epoch_{EPOCHS}.pth')
-    shutil.rmtree(work)
+    return work
 
 
 # Imported by the training process through custom_imports: the checkpoint of
@@ -125,7 +89,8 @@ def test_kill_during_checkpoint_write(demo_data, reference, tmp_path):
         demo_data,
         max_epochs=2,
         max_keep_ckpts=1,
-        imports=('poolformer_mm', 'die_while_saving'))
+        imports=('poolformer_mm', 'die_while_saving'),
+        small_model=True)
     work = tmp_path / 'work'
     env = dict(
         os.environ,
@@ -172,7 +137,7 @@ def test_find_resumable_checkpoint_cases(tmp_path):
     torch.save({'x': torch.zeros(1)}, tmp_path / 'iter_4.pth')
     torch.save({'x': torch.zeros(1)}, tmp_path / 'iter_8.pth')
     (tmp_path / 'iter_12.pth').write_bytes(b'torn')
-    # No pointer: the newest complete file by its number.
+    # No pointer: the newest complete file (written last, then by number).
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path /
                                                            'iter_8.pth')
     # An empty pointer (killed while rewriting it) is not trusted either.
@@ -339,6 +304,7 @@ class RecordRunner(Hook):
         with open(osp.join(runner.work_dir, 'runner.jsonl'), 'a') as f:
             f.write(json.dumps(dict(
                 runner=type(runner).__name__,
+                train_loop=type(runner.train_loop).__name__,
                 hooks=[type(h).__name__ for h in runner.hooks])) + '\\n')
 '''
 
@@ -364,7 +330,8 @@ def test_mmdetection_train_tool_runs_the_same(demo_data, reference,
         demo_data,
         EPOCHS,
         imports=('poolformer_mm', 'record_runner'),
-        extra='custom_hooks = [dict(type="RecordRunner")]')
+        extra='custom_hooks = [dict(type="RecordRunner")]',
+        small_model=True)
     work = tmp_path / 'work'
     env = dict(
         os.environ,
@@ -398,6 +365,8 @@ def test_mmdetection_train_tool_runs_the_same(demo_data, reference,
         assert run['runner'] == 'SafeRunner'
         assert 'SafeCheckpointHook' in run['hooks']
         assert 'CheckpointHook' not in run['hooks']
+        assert 'PreemptionHook' in run['hooks']
+        assert run['train_loop'] == 'ResumableEpochBasedTrainLoop'
     assert_same_weights(work / f'epoch_{EPOCHS}.pth',
                         reference / f'epoch_{EPOCHS}.pth')
     shutil.rmtree(work)

@@ -1,0 +1,253 @@
+"""Exact continuation of a stopped training: the batches and random states
+a resumed run needs to go on as if it had never stopped.
+
+mmengine resumes an epoch-based run at the start of the epoch it was in: a
+checkpoint written in the middle of an epoch (by
+:class:`~poolformer_mm.engine.PreemptionHook`) would make the resumed run
+train that epoch's first batches twice and the whole epoch once more. And
+it reseeds the random generators from the config's seed, so random
+augmentations after a resume differ from those of an uninterrupted run.
+
+- :class:`ResumableEpochBasedTrainLoop` (``train_cfg`` of the epoch-based
+  ``configs/_base_`` files) continues an epoch after the batches it had
+  already trained. It draws them from the batch sampler and drops them
+  (:class:`ResumableBatchSampler`): indices only, no image is read, and the
+  remaining batches are exactly those of the uninterrupted run, whatever the
+  batch sampler (mmdet's ``AspectRatioBatchSampler`` groups indices by aspect
+  ratio, so dropping sampler indices instead of whole batches would not do),
+  the number of processes, or the data-loader workers (persistent or not).
+- :func:`capture_rng_states` / :func:`restore_rng_states`: every checkpoint
+  that :class:`~poolformer_mm.engine.SafeCheckpointHook` writes carries the
+  generator states of every process (Python, NumPy, torch, CUDA), and
+  :class:`~poolformer_mm.engine.SafeRunner` restores them after resuming.
+  Augmentations drawn in data-loader worker processes use the workers' own
+  generators, which are seeded when the workers start and are not part of a
+  checkpoint.
+"""
+import copy
+import logging
+import random
+from typing import Dict, Iterator, List, Optional, Union
+
+import numpy as np
+import torch
+from mmengine.dist import all_gather_object, get_rank, get_world_size
+from mmengine.logging import print_log
+from mmengine.registry import DATA_SAMPLERS, LOOPS
+from mmengine.runner import EpochBasedTrainLoop
+from torch.utils.data import BatchSampler, DataLoader, Sampler
+
+RNG_STATES = 'rng_states'
+
+
+@DATA_SAMPLERS.register_module()
+class ResumableBatchSampler(BatchSampler):
+    """A batch sampler that can drop the first batches of its next pass.
+
+    Wraps the batch sampler a dataloader config names (or torch's
+    ``BatchSampler`` when it names none) and yields its batches unchanged,
+    except that after :meth:`skip_next_batches` the next pass draws that many
+    batches from it and drops them. Only indices are drawn: no sample is
+    loaded for a dropped batch.
+
+    Args:
+        sampler (Sampler): The sampler, as mmengine passes it.
+        batch_size (int): Samples per batch, as mmengine passes it.
+        batch_sampler (dict | BatchSampler, optional): The batch sampler to
+            wrap, a config (built with ``sampler`` and ``batch_size``) or an
+            object. Defaults to None: ``torch.utils.data.BatchSampler``.
+        drop_last (bool): For the default batch sampler: drop the last,
+            smaller batch. Defaults to False.
+    """
+
+    def __init__(self,
+                 sampler: Sampler,
+                 batch_size: int,
+                 batch_sampler: Union[dict, BatchSampler, None] = None,
+                 drop_last: bool = False) -> None:
+        if batch_sampler is None:
+            batch_sampler = BatchSampler(sampler, batch_size, drop_last)
+        elif isinstance(batch_sampler, dict):
+            batch_sampler = DATA_SAMPLERS.build(
+                batch_sampler,
+                default_args=dict(sampler=sampler, batch_size=batch_size))
+        self.batch_sampler = batch_sampler
+        # DistSamplerSeedHook sets the epoch through ``batch_sampler.sampler``
+        # when the dataloader's own ``sampler`` has no ``set_epoch``.
+        self.sampler = getattr(batch_sampler, 'sampler', sampler)
+        self.batch_size = getattr(batch_sampler, 'batch_size', batch_size)
+        self.drop_last = getattr(batch_sampler, 'drop_last', drop_last)
+        self._skip = 0
+
+    def skip_next_batches(self, count: int) -> None:
+        """Drop the first ``count`` batches of the next pass."""
+        if count < 0:
+            raise ValueError(f'count must be >= 0, not {count}')
+        self._skip = count
+
+    def __iter__(self) -> Iterator[List[int]]:
+        skip, self._skip = self._skip, 0
+        batches = iter(self.batch_sampler)
+        for _ in range(skip):
+            if next(batches, None) is None:
+                return
+        yield from batches
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def resumable_dataloader_cfg(dataloader_cfg: dict) -> dict:
+    """A copy of a train dataloader config whose batch sampler is wrapped in
+    :class:`ResumableBatchSampler` (unchanged if it already is)."""
+    cfg = copy.deepcopy(dataloader_cfg)
+    inner = cfg.pop('batch_sampler', None)
+    if isinstance(inner, dict) and inner.get('type') in (
+            'ResumableBatchSampler', ResumableBatchSampler):
+        cfg['batch_sampler'] = inner
+        return cfg
+    wrapper = dict(type=ResumableBatchSampler, batch_sampler=inner)
+    if inner is None:
+        # torch rejects drop_last next to a batch sampler: it moves into the
+        # default one. With a batch sampler of the config's own it stays
+        # where the config put it.
+        wrapper['drop_last'] = cfg.pop('drop_last', False)
+    cfg['batch_sampler'] = wrapper
+    return cfg
+
+
+@LOOPS.register_module()
+class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
+    """``EpochBasedTrainLoop`` that resumes in the middle of an epoch.
+
+    Takes the same arguments as :class:`mmengine.runner.EpochBasedTrainLoop`.
+    After resuming from a checkpoint written at iteration ``i`` of epoch
+    ``e`` (``i - e * len(dataloader)`` batches of it done), the epoch goes on
+    with its next batch: the hooks see the batch indices of the
+    uninterrupted run, and the epoch ends (validation, epoch checkpoint,
+    epoch-based schedules) as it would have. A checkpoint written at the end
+    of an epoch resumes as in mmengine.
+
+    A dataloader given as a config gets a :class:`ResumableBatchSampler`, so
+    the batches done are skipped by index. A dataloader given as an object
+    is advanced by loading them (slower, same batches).
+    """
+
+    def __init__(self, runner, dataloader: Union[DataLoader, Dict], *args,
+                 **kwargs) -> None:
+        if isinstance(dataloader, dict):
+            dataloader = resumable_dataloader_cfg(dataloader)
+        super().__init__(runner, dataloader, *args, **kwargs)
+
+    def batches_done_in_epoch(self) -> int:
+        """Batches of the current epoch trained before a resume (0 at the
+        start of an epoch).
+
+        Raises:
+            RuntimeError: The iteration does not lie in the current epoch,
+                e.g. the data set, batch size or number of processes changed
+                since the checkpoint.
+        """
+        per_epoch = len(self.dataloader)
+        done = self._iter - self._epoch * per_epoch
+        if not 0 <= done <= per_epoch:
+            raise RuntimeError(
+                f'Cannot continue epoch {self._epoch + 1} at iteration '
+                f'{self._iter}: an epoch has {per_epoch} iterations, so it '
+                f'spans iterations {self._epoch * per_epoch}-'
+                f'{(self._epoch + 1) * per_epoch}. The data set, the batch '
+                'size or the number of processes differs from the run that '
+                'wrote the checkpoint.')
+        return done
+
+    def run_epoch(self) -> None:
+        """Iterate the rest of the current epoch."""
+        self.runner.call_hook('before_train_epoch')
+        self.runner.model.train()
+        done = self.batches_done_in_epoch()
+        batches = self._batches_after(done)
+        for idx, data_batch in enumerate(batches, start=done):
+            self.run_iter(idx, data_batch)
+
+        self.runner.call_hook('after_train_epoch')
+        self._epoch += 1
+
+    def _batches_after(self, done: int):
+        if done == 0:
+            return self.dataloader
+        print_log(
+            f'Continuing epoch {self._epoch + 1} after the {done} of its '
+            f'{len(self.dataloader)} iterations that the checkpoint had '
+            'trained.',
+            logger='current')
+        batch_sampler = self.dataloader.batch_sampler
+        if isinstance(batch_sampler, ResumableBatchSampler):
+            batch_sampler.skip_next_batches(done)
+            return self.dataloader
+        print_log(
+            'The train dataloader was given as an object, not a config: '
+            f'loading the {done} batches done to skip them.',
+            logger='current',
+            level=logging.WARNING)
+        batches = iter(self.dataloader)
+        for _ in range(done):
+            next(batches)
+        return batches
+
+
+def _rng_state() -> dict:
+    state = dict(
+        python=random.getstate(),
+        numpy=np.random.get_state(),
+        torch=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def capture_rng_states() -> List[dict]:
+    """The random generator states of every process, in rank order.
+
+    A collective call in a multi-process run: every rank must call it.
+
+    Returns:
+        list[dict]: Per rank, the states of Python's ``random``, NumPy's
+        global generator, torch's CPU generator and (when CUDA is in use)
+        every CUDA generator.
+    """
+    state = _rng_state()
+    if get_world_size() == 1:
+        return [state]
+    return all_gather_object(state)
+
+
+def restore_rng_states(states: Optional[List[dict]]) -> bool:
+    """Set this process's random generators to its entry in ``states``.
+
+    Args:
+        states (list[dict], optional): As :func:`capture_rng_states` returns
+            them.
+
+    Returns:
+        bool: Whether they were restored. Not when ``states`` is None or was
+        captured by another number of processes (a warning says so).
+    """
+    if not states:
+        return False
+    if len(states) != get_world_size():
+        print_log(
+            f'The checkpoint holds the random states of {len(states)} '
+            f'processes, this run has {get_world_size()}: the generators '
+            'keep their seeds.',
+            logger='current',
+            level=logging.WARNING)
+        return False
+    state = states[get_rank()]
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    cuda = state.get('cuda')
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    return True

@@ -1,0 +1,310 @@
+"""A run stopped by a scheduler's signal at any iteration and resumed ends
+with the weights of the uninterrupted run, having trained every sample once.
+
+The tiny demo config (tests/tiny_demo.py) with a small RetinaNet-PoolFormer
+(one block a stage) trains 2 epochs of 4 iterations (8 images; 2 a batch
+in one process, 1 a batch in each of 2 processes).
+The stop points are the first iteration of an epoch (1), the middle of an
+epoch (6 of 8) and the last iteration before an epoch checkpoint (4). The
+hook ``SignalAt`` (tests/stop_hooks.py) sends SIGTERM at the end of that
+iteration, in 2 processes to one rank or both: the ranks must agree.
+
+Weights are compared bitwise: on the CPU with ``deterministic=True`` the
+runs are deterministic (the single-process runs draw random flips in the
+main process, whose generator states the checkpoints carry; the
+two-process runs load with a persistent worker each and no random
+augmentation, whose generators in the workers are not part of a
+checkpoint).
+
+Single-process runs train in this process; the 2-process runs and the runs
+that die by SIGKILL in processes forked from it (the frameworks are imported
+once), the torchrun test through tools/dist_train.sh.
+"""
+import json
+import multiprocessing
+import os
+import os.path as osp
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
+
+import pytest
+import torch
+
+from conftest import ROOT, TOOLS
+from poolformer_mm.engine import PREEMPTED_EXIT_CODE
+from poolformer_mm.engine.runner import checkpoint_is_complete
+from poolformer_mm.engine.tool_config import (build_runner, load_config,
+                                              set_resume)
+from tiny_demo import state_dict, write_tiny_config
+
+TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
+EPOCHS = 2
+ITERS_PER_EPOCH = 4
+# name: (iteration after which the signal comes, ranks that get it when 2
+# processes train)
+STOPS = {
+    'first_of_epoch': (1, (0, )),
+    'mid_epoch': (6, (1, )),
+    'before_epoch_checkpoint': (4, (0, 1)),
+}
+
+# One image a batch in each of 2 processes, loaded by a persistent worker.
+TWO_PROCESS_LOADING = ('train_dataloader.update(batch_size=1, num_workers=1, '
+                       'persistent_workers=True)\n')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def tiny_config(path, demo_data, processes, records, hooks=()):
+    """The tiny config, recording each batch's sample ids into
+    ``records``."""
+    os.makedirs(records, exist_ok=True)
+    custom_hooks = [dict(type='RecordSamples', out_dir=str(records))]
+    custom_hooks += list(hooks)
+    extra = f'custom_hooks = {custom_hooks!r}\n'
+    if processes == 2:
+        extra += TWO_PROCESS_LOADING
+    return write_tiny_config(
+        path,
+        demo_data,
+        EPOCHS,
+        imports=('poolformer_mm', 'stop_hooks'),
+        flip=processes == 1,
+        small_model=True,
+        extra=extra)
+
+
+def train(config, work_dir, resume=False, launcher='none'):
+    """tools/train.py's steps in this process; the exit code (0 when the
+    run ends, the hook's code when it stops)."""
+    cfg = load_config(config, launcher=launcher, work_dir=str(work_dir))
+    # Runners of one test process need their own logger and visualizer.
+    cfg.experiment_name = uuid.uuid4().hex
+    if resume:
+        set_resume(cfg, 'auto')
+    runner = build_runner(cfg)
+    try:
+        runner.train()
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def _rank_main(rank, world_size, port, config, work_dir, resume):
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # see _single_main
+    code = train(config, work_dir, resume, launcher='pytorch')
+    from poolformer_mm.engine.distributed import close_distributed
+    close_distributed()
+    raise SystemExit(code)
+
+
+def train_forked(config, work_dir, processes, resume=False, timeout=120):
+    """Train in ``processes`` processes forked from this one (gloo across
+    them); their exit codes."""
+    context = multiprocessing.get_context('fork')
+    port = free_port()
+    if processes == 1:
+        procs = [context.Process(target=_single_main,
+                                 args=(config, work_dir, resume))]
+    else:
+        procs = [
+            context.Process(
+                target=_rank_main,
+                args=(rank, processes, port, config, work_dir, resume))
+            for rank in range(processes)
+        ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout)
+        if proc.exitcode is None:
+            for p in procs:
+                p.kill()
+            pytest.fail(f'training did not end in {timeout} s')
+    return [proc.exitcode for proc in procs]
+
+
+def _single_main(config, work_dir, resume):
+    # The OpenMP thread pool of this process's parent does not survive the
+    # fork: more than one thread hangs in GNU OpenMP.
+    torch.set_num_threads(1)
+    raise SystemExit(train(config, work_dir, resume))
+
+
+def read_records(records):
+    """{rank: [(iter, batch_idx, ids), ...]} in the order trained."""
+    out = {}
+    for name in sorted(os.listdir(records)):
+        rank = int(name[len('rank'):-len('.jsonl')])
+        with open(osp.join(records, name)) as f:
+            out[rank] = [(r['iter'], r['batch_idx'], r['ids'])
+                         for r in map(json.loads, f)]
+    return out
+
+
+def assert_same_weights(path, reference):
+    actual, expected = state_dict(path), state_dict(reference)
+    assert list(actual) == list(expected)
+    for key, value in expected.items():
+        assert torch.equal(actual[key], value), key  # bitwise
+
+
+def assert_every_sample_once_per_epoch(records, processes):
+    """Each epoch trains every image exactly once over all ranks."""
+    for epoch in range(EPOCHS):
+        first = epoch * ITERS_PER_EPOCH
+        ids = sorted(
+            i for rank_records in records.values()
+            for it, _, batch in rank_records
+            if first <= it < first + ITERS_PER_EPOCH for i in batch)
+        assert ids == list(range(8)), (epoch, ids)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(demo_data, tmp_path_factory):
+    """{processes: (work dir, records)} of runs that nothing stops."""
+    runs = {}
+    for processes in (1, 2):
+        tmp = tmp_path_factory.mktemp(f'uninterrupted{processes}')
+        config = tiny_config(tmp / 'tiny.py', demo_data, processes,
+                             tmp / 'records')
+        if processes == 1:
+            assert train(config, tmp / 'work') == 0
+        else:
+            assert train_forked(config, tmp / 'work', 2) == [0, 0]
+        records = read_records(tmp / 'records')
+        assert sorted(records) == list(range(processes))
+        assert_every_sample_once_per_epoch(records, processes)
+        runs[processes] = (tmp / 'work', records)
+    return runs
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+@pytest.mark.parametrize('stop', sorted(STOPS))
+def test_stop_on_signal_then_resume_equals_uninterrupted(
+        stop, processes, uninterrupted, demo_data, tmp_path):
+    at, ranks = STOPS[stop]
+    ranks = ranks if processes == 2 else (0, )
+    reference, expected_records = uninterrupted[processes]
+    signal_hook = dict(type='SignalAt', at=at, ranks=ranks)
+    stopping = tiny_config(tmp_path / 'stopping.py', demo_data, processes,
+                           tmp_path / 'records', [signal_hook])
+    resuming = tiny_config(tmp_path / 'resuming.py', demo_data, processes,
+                           tmp_path / 'records')
+    work = tmp_path / 'work'
+
+    if processes == 1:
+        codes = [train(stopping, work)]
+    else:
+        codes = train_forked(stopping, work, 2)
+    # Every rank stops after the same iteration, whichever got the signal.
+    assert codes == [PREEMPTED_EXIT_CODE] * processes
+    checkpoint = work / f'iter_{at}.pth'
+    assert (work / 'last_checkpoint').read_text() == str(checkpoint)
+    assert checkpoint_is_complete(str(checkpoint))
+    stopped = read_records(tmp_path / 'records')
+    assert all(r[-1][0] == at - 1 for r in stopped.values()), stopped
+
+    if processes == 1:
+        codes = [train(resuming, work, resume=True)]
+    else:
+        codes = train_forked(resuming, work, 2, resume=True)
+    assert codes == [0] * processes
+
+    # The resumed run continued with the next batch of the same epoch: the
+    # batches (ids, order, batch index in the epoch) are the uninterrupted
+    # run's, none twice, none left out.
+    assert read_records(tmp_path / 'records') == expected_records
+    assert_same_weights(work / f'epoch_{EPOCHS}.pth',
+                        reference / f'epoch_{EPOCHS}.pth')
+    # The interim checkpoint went when the next one was complete.
+    assert not checkpoint.exists()
+    assert sorted(p.name for p in work.glob('*.pth')) == [
+        'epoch_1.pth', 'epoch_2.pth'
+    ]
+
+
+def test_signal_during_checkpoint_write(uninterrupted, demo_data, tmp_path):
+    """SIGTERM while epoch_1.pth is written: the write completes, the run
+    stops after the next iteration. Then SIGTERM and, a moment later,
+    SIGKILL while that stop's own checkpoint is written (a grace period
+    ending mid-write): epoch_1.pth stays the one to resume from."""
+    reference, _ = uninterrupted[1]
+    during_epoch_save = dict(type='SignalAt', at_save=1)
+    config = tiny_config(tmp_path / 'a.py', demo_data, 1,
+                         tmp_path / 'records', [during_epoch_save])
+    work = tmp_path / 'work'
+    assert train(config, work) == PREEMPTED_EXIT_CODE
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_5.pth')
+    for name in ('epoch_1.pth', 'iter_5.pth'):
+        assert checkpoint_is_complete(str(work / name)), name
+
+    # Resumes from iter_5.pth; the second iteration after it gets SIGTERM,
+    # and SIGKILL arrives during the write of iter_7.pth.
+    killed_in_write = [
+        dict(type='SignalAt', at=7),
+        dict(type='SignalAt', at_save=1, then_kill=True)
+    ]
+    config = tiny_config(tmp_path / 'b.py', demo_data, 1,
+                         tmp_path / 'records', killed_in_write)
+    codes = train_forked(config, work, 1, resume=True)
+    assert codes == [-signal.SIGKILL]
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_5.pth')
+    assert checkpoint_is_complete(str(work / 'iter_5.pth'))
+    assert not (work / 'iter_7.pth').exists()
+
+    config = tiny_config(tmp_path / 'c.py', demo_data, 1,
+                         tmp_path / 'records')
+    assert train(config, work, resume=True) == 0
+    assert_same_weights(work / f'epoch_{EPOCHS}.pth',
+                        reference / f'epoch_{EPOCHS}.pth')
+
+
+def test_sigkill_under_torchrun_max_restarts(uninterrupted, demo_data,
+                                             tmp_path):
+    """A worker dies by SIGKILL after iteration 6 under
+    ``tools/dist_train.sh ... --max-restarts=1``: torchrun starts the
+    worker group again, which resumes from epoch_1.pth by itself and
+    finishes. Its weights equal those of a run resumed by hand from the
+    same checkpoint, and the uninterrupted run's."""
+    reference, _ = uninterrupted[2]
+    kill = dict(type='SignalAt', at=6, signum='SIGKILL', ranks=(1, ),
+                only_first_start=True)
+    config = tiny_config(tmp_path / 'killed.py', demo_data, 2,
+                         tmp_path / 'records', [kill])
+    work = tmp_path / 'work'
+    env = dict(
+        os.environ,
+        PORT=str(free_port()),
+        OMP_NUM_THREADS='1',
+        CUDA_VISIBLE_DEVICES='',
+        PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]))
+    result = subprocess.run(
+        ['bash', osp.join(TOOLS, 'dist_train.sh'), config, '2',
+         '--max-restarts=1', '--work-dir', str(work)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout[-6000:] + result.stderr[-6000:]
+    assert result.returncode == 0, output
+    assert 'Restart 1 of this job: resuming from ' + str(
+        work / 'epoch_1.pth') in output, output
+    assert_same_weights(work / 'epoch_2.pth', reference / 'epoch_2.pth')
+
+    # By hand: the same checkpoint, resumed in a new work dir.
+    by_hand = tmp_path / 'by_hand'
+    by_hand.mkdir()
+    shutil.copy(work / 'epoch_1.pth', by_hand / 'epoch_1.pth')
+    config = tiny_config(tmp_path / 'resume.py', demo_data, 2,
+                         tmp_path / 'records_by_hand')
+    assert train_forked(config, by_hand, 2, resume=True) == [0, 0]
+    assert_same_weights(work / 'epoch_2.pth', by_hand / 'epoch_2.pth')
