@@ -308,3 +308,81 @@ def test_sigkill_under_torchrun_max_restarts(uninterrupted, demo_data,
                          tmp_path / 'records_by_hand')
     assert train_forked(config, by_hand, 2, resume=True) == [0, 0]
     assert_same_weights(work / 'epoch_2.pth', by_hand / 'epoch_2.pth')
+
+
+FAKE_SLURM = {
+    # Each records its command line; srun runs until it gets SIGTERM (then
+    # exits as PreemptionHook does) or FAKE_SRUN_SECONDS pass.
+    'sbatch': 'echo "sbatch $*" >> "$FAKE_LOG"; echo "Submitted batch job 7"',
+    'scontrol': 'echo "scontrol $*" >> "$FAKE_LOG"',
+    'srun': ('echo "srun $*" >> "$FAKE_LOG"\n'
+             'trap \'exit 75\' TERM\n'
+             'sleep "${FAKE_SRUN_SECONDS:-0}" & wait $!\n'
+             'exit "${FAKE_SRUN_EXIT:-0}"\n'),
+}
+
+
+def slurm_train(tmp_path, env, signal_after=None):
+    """tools/slurm_train.sh with sbatch, srun and scontrol replaced by
+    scripts that record how they were called (no Slurm here): the script's
+    own logic, not Slurm's. ``signal_after``: seconds after which the script
+    and its srun get SIGTERM, as Slurm signals a job it preempts."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in FAKE_SLURM.items():
+        (bin_dir / name).write_text('#!/usr/bin/env bash\n' + body)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / 'calls.log'
+    env = dict(os.environ, FAKE_LOG=str(log),
+               PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', **env)
+    proc = subprocess.Popen(
+        ['bash', osp.join(TOOLS, 'slurm_train.sh'), 'gpu', 'job',
+         'configs/x.py', str(tmp_path / 'work'), '--amp'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    if signal_after is not None:
+        try:
+            proc.wait(signal_after)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return proc.returncode, calls, output
+
+
+def test_slurm_train_submits_a_requeueable_job(tmp_path):
+    code, calls, output = slurm_train(tmp_path, dict(GPUS='2'))
+    assert code == 0, output
+    assert len(calls) == 1 and calls[0].startswith('sbatch '), calls
+    options = calls[0].split()
+    for expected in ('--requeue', '--signal=USR1@180', '--ntasks=2',
+                     '--ntasks-per-node=2', '--gres=gpu:2', '--nodes=1',
+                     '--partition=gpu', '--job-name=job'):
+        assert expected in options, (expected, calls[0])
+    assert f'--export=ALL,POOLFORMER_MM_ROOT={ROOT},' in calls[0]
+    assert calls[0].endswith(
+        f'{ROOT}/tools/slurm_train.sh gpu job configs/x.py '
+        f'{tmp_path / "work"} --amp')
+
+
+@pytest.mark.parametrize('case', ['preempted', 'finished', 'failed'])
+def test_slurm_train_job_requeues_only_a_preempted_training(case, tmp_path):
+    env = dict(SLURM_JOB_ID='7', POOLFORMER_MM_ROOT=ROOT)
+    if case == 'preempted':
+        env['FAKE_SRUN_SECONDS'] = '30'
+    elif case == 'failed':
+        env['FAKE_SRUN_EXIT'] = '1'
+    code, calls, output = slurm_train(
+        tmp_path, env, signal_after=2 if case == 'preempted' else None)
+    assert calls[0].startswith('srun --kill-on-bad-exit=1 '), calls
+    train_command = calls[0].split(' ', 2)[2]
+    assert train_command.endswith(
+        f'{ROOT}/tools/train.py configs/x.py '
+        f'--work-dir={tmp_path / "work"} --launcher=slurm --resume --amp')
+    if case == 'preempted':
+        # The shell outlived the signal, waited for the training's code.
+        assert code == PREEMPTED_EXIT_CODE, output
+        assert calls[1:] == ['scontrol requeue 7'], calls
+    else:
+        assert code == (0 if case == 'finished' else 1), output
+        assert calls[1:] == [], calls
