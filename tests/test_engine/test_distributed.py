@@ -140,12 +140,15 @@ def project_configs():
 
 @pytest.mark.parametrize('name', project_configs())
 def test_every_config_names_what_runs(name):
-    """The runner and checkpoint hook that the tools used to substitute are
-    in the configs, so MMDetection's / MMSegmentation's tools run them too;
-    and no config asks DDP to look for unused parameters."""
+    """The runner, hooks and loop of this package are in the configs, so
+    MMDetection's / MMSegmentation's tools run them too; and no config asks
+    DDP to look for unused parameters."""
     cfg = Config.fromfile(osp.join(CONFIGS, name))
     assert cfg.runner_type == 'SafeRunner'
     assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
+    assert cfg.default_hooks.preemption.type == 'PreemptionHook'
+    assert cfg.train_cfg.type in ('ResumableEpochBasedTrainLoop',
+                                  'IterBasedTrainLoop')
     assert not cfg.get('find_unused_parameters', False)
     assert not (cfg.get('model_wrapper_cfg') or {}).get(
         'find_unused_parameters', False)

@@ -81,15 +81,21 @@ def tiny_config(path, demo_data, processes, records, hooks=()):
         extra=extra)
 
 
+def runner_cfg(config, work_dir, resume=False, launcher='none',
+               cfg_options=None):
+    """The config as tools/train.py prepares it."""
+    cfg = load_config(config, cfg_options, launcher, str(work_dir))
+    # Runners of one test process need their own logger and visualizer.
+    cfg.experiment_name = cfg.visualizer.name = uuid.uuid4().hex
+    if resume:
+        set_resume(cfg, 'auto')
+    return cfg
+
+
 def train(config, work_dir, resume=False, launcher='none'):
     """tools/train.py's steps in this process; the exit code (0 when the
     run ends, the hook's code when it stops)."""
-    cfg = load_config(config, launcher=launcher, work_dir=str(work_dir))
-    # Runners of one test process need their own logger and visualizer.
-    cfg.experiment_name = uuid.uuid4().hex
-    if resume:
-        set_resume(cfg, 'auto')
-    runner = build_runner(cfg)
+    runner = build_runner(runner_cfg(config, work_dir, resume, launcher))
     try:
         runner.train()
     except SystemExit as stop:
@@ -386,3 +392,109 @@ def test_slurm_train_job_requeues_only_a_preempted_training(case, tmp_path):
     else:
         assert code == (0 if case == 'finished' else 1), output
         assert calls[1:] == [], calls
+
+
+def test_resumable_batch_sampler_drops_whole_batches():
+    """Around MMDetection's AspectRatioBatchSampler, whose batches depend on
+    every index before them, and torch's BatchSampler with drop_last."""
+    from mmdet.datasets.samplers import AspectRatioBatchSampler
+    from mmengine.dataset import DefaultSampler
+    from torch.utils.data import BatchSampler
+
+    from poolformer_mm.engine import ResumableBatchSampler
+
+    class Shapes:
+        # Wide and tall images in an irregular order.
+        def __len__(self):
+            return 11
+
+        def get_data_info(self, idx):
+            wide = idx % 3 != 0
+            return dict(width=20 if wide else 10, height=10 if wide else 20)
+
+    sampler = DefaultSampler(Shapes(), shuffle=True, seed=3)
+    for inner, drop_last in ((dict(type=AspectRatioBatchSampler), False),
+                             (None, True)):
+        wrapped = ResumableBatchSampler(sampler, 2, inner, drop_last)
+        reference = (AspectRatioBatchSampler(sampler, 2) if inner else
+                     BatchSampler(sampler, 2, drop_last=True))
+        assert wrapped.sampler is sampler and len(wrapped) == len(reference)
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            full = list(reference)
+            assert list(wrapped) == full
+            for done in (1, 3, len(full)):
+                wrapped.skip_next_batches(done)
+                assert list(wrapped) == full[done:]
+                assert list(wrapped) == full  # only the next pass
+    with pytest.raises(ValueError, match='count must be >= 0'):
+        wrapped.skip_next_batches(-1)
+
+
+def test_resumable_dataloader_cfg():
+    from poolformer_mm.engine.loops import (ResumableBatchSampler,
+                                            resumable_dataloader_cfg)
+    plain = dict(batch_size=2, drop_last=True, dataset=dict(type='X'))
+    cfg = resumable_dataloader_cfg(plain)
+    assert plain['drop_last'] and 'batch_sampler' not in plain  # a copy
+    assert 'drop_last' not in cfg
+    assert cfg['batch_sampler'] == dict(
+        type=ResumableBatchSampler, batch_sampler=None, drop_last=True)
+    aspect = dict(batch_size=2, batch_sampler=dict(
+        type='AspectRatioBatchSampler'))
+    cfg = resumable_dataloader_cfg(aspect)
+    assert cfg['batch_sampler'] == dict(
+        type=ResumableBatchSampler,
+        batch_sampler=dict(type='AspectRatioBatchSampler'))
+    assert resumable_dataloader_cfg(cfg) == cfg
+
+
+def test_preemption_hook_arguments_are_checked():
+    from poolformer_mm.engine import PreemptionHook
+    assert PreemptionHook().signals == [signal.SIGTERM, signal.SIGUSR1]
+    with pytest.raises(ValueError, match="'SIGNOPE' is not a signal"):
+        PreemptionHook(signals=('SIGTERM', 'SIGNOPE'))
+    with pytest.raises(ValueError, match='exit_code must be an integer'):
+        PreemptionHook(exit_code=0)
+
+
+def test_restart_count(monkeypatch):
+    from poolformer_mm.engine.runner import restart_count
+    monkeypatch.delenv('TORCHELASTIC_RESTART_COUNT', raising=False)
+    monkeypatch.delenv('SLURM_RESTART_COUNT', raising=False)
+    assert restart_count() == 0
+    monkeypatch.setenv('SLURM_RESTART_COUNT', '2')
+    assert restart_count() == 2
+    monkeypatch.setenv('TORCHELASTIC_RESTART_COUNT', 'x')
+    with pytest.raises(RuntimeError, match="TORCHELASTIC_RESTART_COUNT='x'"):
+        restart_count()
+
+
+def test_preemption_hook_needs_the_safe_checkpoint_hook(demo_data, tmp_path):
+    """A config whose checkpoint hook is mmengine's own: the hook says what
+    to change before training starts."""
+    config = tiny_config(tmp_path / 'tiny.py', demo_data, 1,
+                         tmp_path / 'records')
+    cfg = runner_cfg(config, tmp_path / 'work', cfg_options={
+        'default_hooks.checkpoint.type': 'CheckpointHook'})
+    with pytest.raises(TypeError, match="runner has CheckpointHook; set "
+                       "default_hooks.checkpoint.type='SafeCheckpointHook'"):
+        build_runner(cfg).train()
+
+
+def test_a_changed_epoch_length_is_refused(demo_data, tmp_path):
+    """Resuming iter_6.pth (epoch 2 of 4 iterations) with 4 images a batch:
+    an epoch has 2 iterations then, iteration 6 is not in epoch 2."""
+    work = tmp_path / 'work'
+    stopping = tiny_config(tmp_path / 'stop.py', demo_data, 1,
+                           tmp_path / 'records',
+                           [dict(type='SignalAt', at=6)])
+    assert train(stopping, work) == PREEMPTED_EXIT_CODE
+    config = tiny_config(tmp_path / 'b4.py', demo_data, 1,
+                         tmp_path / 'records')
+    cfg = runner_cfg(config, work, resume=True,
+                     cfg_options={'train_dataloader.batch_size': 4})
+    with pytest.raises(RuntimeError,
+                       match=r'Cannot continue epoch 2 at iteration 6: an '
+                       r'epoch has 2 iterations'):
+        build_runner(cfg).train()
