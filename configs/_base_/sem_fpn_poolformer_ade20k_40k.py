@@ -47,7 +47,10 @@ param_scheduler = [
         end=40000,
         by_epoch=False)
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=40000, val_interval=4000)
+# IterBasedTrainLoop that resumes without loading the batches done
+# (poolformer_mm).
+train_cfg = dict(
+    type='ResumableIterBasedTrainLoop', max_iters=40000, val_interval=4000)
 # CheckpointHook's options, with atomic writes (poolformer_mm); on SIGTERM or
 # SIGUSR1 (a scheduler's preemption) finish the iteration, write iter_N.pth
 # and exit with code 75, then --resume continues from there.

@@ -12,8 +12,9 @@ MMDetection's and MMSegmentation's fall back to. Modules:
   resume from;
 - :mod:`.hooks`: :class:`SafeCheckpointHook`, :class:`PreemptionHook`,
   :class:`SwitchToDeployHook`;
-- :mod:`.loops`: :class:`ResumableEpochBasedTrainLoop` and the random
-  states that checkpoints carry;
+- :mod:`.loops`: :class:`ResumableEpochBasedTrainLoop`,
+  :class:`ResumableIterBasedTrainLoop` and the random states that
+  checkpoints carry;
 - :mod:`.safe_loading`: the ``torch.load`` allowlist for mmengine training
   checkpoints;
 - :mod:`.distributed`: :class:`CPUDistributedDataParallel` and the gloo
@@ -24,7 +25,8 @@ MMDetection's and MMSegmentation's fall back to. Modules:
 from .distributed import CPUDistributedDataParallel, init_cpu_process_group
 from .hooks import (PREEMPTED_EXIT_CODE, PreemptionHook, SafeCheckpointHook,
                     SwitchToDeployHook)
-from .loops import ResumableBatchSampler, ResumableEpochBasedTrainLoop
+from .loops import (ResumableBatchSampler, ResumableEpochBasedTrainLoop,
+                    ResumableIterBasedTrainLoop)
 from .optim_wrapper import AutocastOptimWrapper
 from .runner import SafeRunner
 from .safe_loading import load_training_checkpoint
@@ -33,6 +35,7 @@ __all__ = [
     'AutocastOptimWrapper', 'CPUDistributedDataParallel',
     'PREEMPTED_EXIT_CODE',
     'PreemptionHook', 'ResumableBatchSampler', 'ResumableEpochBasedTrainLoop',
+    'ResumableIterBasedTrainLoop',
     'SafeCheckpointHook', 'SafeRunner', 'SwitchToDeployHook',
     'init_cpu_process_group', 'load_training_checkpoint'
 ]

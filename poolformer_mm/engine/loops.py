@@ -4,18 +4,21 @@ a resumed run needs to go on as if it had never stopped.
 mmengine resumes an epoch-based run at the start of the epoch it was in: a
 checkpoint written in the middle of an epoch (by
 :class:`~poolformer_mm.engine.PreemptionHook`) would make the resumed run
-train that epoch's first batches twice and the whole epoch once more. And
-it reseeds the random generators from the config's seed, so random
-augmentations after a resume differ from those of an uninterrupted run.
+train that epoch's first batches twice and the whole epoch once more. An
+iteration-based run it resumes by loading every batch done. And it reseeds
+the random generators from the config's seed, so random augmentations
+after a resume differ from those of an uninterrupted run.
 
-- :class:`ResumableEpochBasedTrainLoop` (``train_cfg`` of the epoch-based
-  ``configs/_base_`` files) continues an epoch after the batches it had
-  already trained. It draws them from the batch sampler and drops them
-  (:class:`ResumableBatchSampler`): indices only, no image is read, and the
-  remaining batches are exactly those of the uninterrupted run, whatever the
-  batch sampler (mmdet's ``AspectRatioBatchSampler`` groups indices by aspect
-  ratio, so dropping sampler indices instead of whole batches would not do),
-  the number of processes, or the data-loader workers (persistent or not).
+- :class:`ResumableEpochBasedTrainLoop` (``train_cfg`` of the RetinaNet and
+  Mask R-CNN ``configs/_base_`` files) continues an epoch after the batches
+  it had already trained; :class:`ResumableIterBasedTrainLoop` (the Semantic
+  FPN base) an iteration-based schedule. Both draw the batches done from the
+  batch sampler and drop them (:class:`ResumableBatchSampler`): indices
+  only, no image is read, and the remaining batches are exactly those of
+  the uninterrupted run, whatever the batch sampler (mmdet's
+  ``AspectRatioBatchSampler`` groups indices by aspect ratio, so dropping
+  sampler indices instead of whole batches would not do), the number of
+  processes, or the data-loader workers (persistent or not).
 - :func:`capture_rng_states` / :func:`restore_rng_states`: every checkpoint
   that :class:`~poolformer_mm.engine.SafeCheckpointHook` writes carries the
   generator states of every process (Python, NumPy, torch, CUDA), and
@@ -33,8 +36,10 @@ import numpy as np
 import torch
 from mmengine.dist import all_gather_object, get_rank, get_world_size
 from mmengine.logging import print_log
+from mmengine.dataset import InfiniteSampler
 from mmengine.registry import DATA_SAMPLERS, LOOPS
-from mmengine.runner import EpochBasedTrainLoop
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+from mmengine.runner.loops import _InfiniteDataloaderIterator
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 RNG_STATES = 'rng_states'
@@ -193,6 +198,79 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         for _ in range(done):
             next(batches)
         return batches
+
+
+@LOOPS.register_module()
+class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
+    """``IterBasedTrainLoop`` that resumes without loading the batches done.
+
+    Takes the same arguments as :class:`mmengine.runner.IterBasedTrainLoop`.
+    mmengine resumes at iteration ``i`` by drawing ``i`` batches from the
+    dataloader, each loaded and dropped: late in a long schedule that takes
+    as long as loading that many batches. This loop draws them from the
+    batch sampler instead (:class:`ResumableBatchSampler`; indices only) and
+    continues with the same batches. With an ``InfiniteSampler`` (the
+    MMSegmentation configs) the batches are one stream; with another sampler
+    the dataloader restarts every ``len(dataloader)`` batches with the next
+    ``set_epoch``, as mmengine's does.
+    """
+
+    def __init__(self, runner, dataloader: Union[DataLoader, Dict], *args,
+                 **kwargs) -> None:
+        if isinstance(dataloader, dict):
+            dataloader = resumable_dataloader_cfg(dataloader)
+        super().__init__(runner, dataloader, *args, **kwargs)
+
+    def run(self) -> torch.nn.Module:
+        """Launch training: mmengine's loop, resumed by index."""
+        self.runner.call_hook('before_train')
+        self.runner.call_hook('before_train_epoch')
+        if self._iter > 0:
+            self._advance(self._iter)
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+
+            data_batch = next(self.dataloader_iterator)
+            self.run_iter(data_batch)
+
+            self._decide_current_val_interval()
+            if (self.runner.val_loop is not None
+                    and self._iter >= self.val_begin
+                    and (self._iter % self.val_interval == 0
+                         or self._iter == self._max_iters)):
+                self.runner.val_loop.run()
+
+        self.runner.call_hook('after_train_epoch')
+        self.runner.call_hook('after_train')
+        return self.runner.model
+
+    def _advance(self, done: int) -> None:
+        """Go on after ``done`` batches."""
+        batch_sampler = self.dataloader.batch_sampler
+        if not isinstance(batch_sampler, ResumableBatchSampler):
+            print_log(
+                'The train dataloader was given as an object, not a config: '
+                f'loading the {done} batches done to skip them.',
+                logger='current',
+                level=logging.WARNING)
+            for _ in range(done):
+                next(self.dataloader_iterator)
+            return
+        sampler = batch_sampler.sampler
+        passes, into_pass = 0, done
+        if not isinstance(sampler, InfiniteSampler):
+            passes, into_pass = divmod(done, len(self.dataloader))
+            if passes and hasattr(sampler, 'set_epoch'):
+                sampler.set_epoch(passes)
+        print_log(
+            f'Continuing at iteration {done + 1}: drawing the {done} batches '
+            'done from the batch sampler without loading them.',
+            logger='current')
+        batch_sampler.skip_next_batches(into_pass)
+        self.dataloader_iterator = _InfiniteDataloaderIterator(
+            self.dataloader)
+        # The restarts it counts are the passes already made.
+        self.dataloader_iterator._epoch = passes
 
 
 def _rng_state() -> dict:

@@ -148,7 +148,7 @@ def test_every_config_names_what_runs(name):
     assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
     assert cfg.default_hooks.preemption.type == 'PreemptionHook'
     assert cfg.train_cfg.type in ('ResumableEpochBasedTrainLoop',
-                                  'IterBasedTrainLoop')
+                                  'ResumableIterBasedTrainLoop')
     assert not cfg.get('find_unused_parameters', False)
     assert not (cfg.get('model_wrapper_cfg') or {}).get(
         'find_unused_parameters', False)

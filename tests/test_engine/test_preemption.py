@@ -498,3 +498,51 @@ def test_a_changed_epoch_length_is_refused(demo_data, tmp_path):
                        match=r'Cannot continue epoch 2 at iteration 6: an '
                        r'epoch has 2 iterations'):
         build_runner(cfg).train()
+
+
+# The tiny config on an iteration-based schedule: 8 iterations, a
+# checkpoint every 4; the default sampler restarts every 4 batches.
+ITER_BASED = '''
+train_cfg = dict(_delete_=True, type='ResumableIterBasedTrainLoop',
+                 max_iters=8, val_interval=1000)
+default_hooks['checkpoint'].update(by_epoch=False, interval=4)
+log_processor = dict(by_epoch=False)
+'''
+INFINITE_SAMPLER = '''
+train_dataloader.update(sampler=dict(type='InfiniteSampler', shuffle=True))
+'''
+
+
+@pytest.mark.parametrize('sampler', ['default', 'infinite'])
+def test_iteration_based_stop_then_resume(sampler, demo_data, tmp_path,
+                                          capsys):
+    """Stopped after iteration 6 (in the second pass of the default
+    sampler), resumed without loading the 6 batches done: the same batches
+    and weights as the uninterrupted run."""
+    extra = ITER_BASED + (INFINITE_SAMPLER if sampler == 'infinite' else '')
+
+    def config(name, records, hooks=()):
+        hooks = [dict(type='RecordSamples', out_dir=str(records))] + list(
+            hooks)
+        path = tiny_config(tmp_path / name, demo_data, 1, records)
+        with open(path, 'a') as f:
+            f.write(extra + f'custom_hooks = {hooks!r}\n')
+        return path
+
+    assert train(config('ref.py', tmp_path / 'ref'), tmp_path / 'w0') == 0
+    stopping = config('stop.py', tmp_path / 'rec',
+                      [dict(type='SignalAt', at=6)])
+    assert train(stopping, tmp_path / 'w1') == PREEMPTED_EXIT_CODE
+    assert (tmp_path / 'w1' / 'last_checkpoint').read_text() == str(
+        tmp_path / 'w1' / 'iter_6.pth')
+    capsys.readouterr()
+    assert train(config('resume.py', tmp_path / 'rec'), tmp_path / 'w1',
+                 resume=True) == 0
+    output = capsys.readouterr()
+    assert 'drawing the 6 batches done from the batch sampler' in (
+        output.out + output.err)
+    expected = read_records(tmp_path / 'ref')
+    assert len(expected[0]) == 8
+    assert read_records(tmp_path / 'rec') == expected
+    assert_same_weights(tmp_path / 'w1' / 'iter_8.pth',
+                        tmp_path / 'w0' / 'iter_8.pth')
