@@ -39,7 +39,8 @@ SETUPTOOLS_SPEC='setuptools>=77,<81'
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 stamp_value() {
-    cat "$ROOT/tools/setup_env.sh" "$ROOT/setup.py" "$ROOT"/requirements/*.txt \
+    cat "$ROOT/tools/setup_env.sh" "$ROOT/tools/build_mmcv.sh" "$ROOT/setup.py" \
+        "$ROOT"/requirements/*.txt \
         | sha256sum | cut -d' ' -f1
 }
 
@@ -71,38 +72,14 @@ pip_install() {
 pip_install -q --upgrade pip "$SETUPTOOLS_SPEC" wheel ninja
 pip_install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
-# The C++ standard torch's headers demand, read from torch itself rather than
-# assumed: torch/all.h refuses compilers below `__cplusplus < NNNNNNL`.
-cxx_std() {
-    "$PY" - <<'EOF'
-import os, re, torch
-header = os.path.join(os.path.dirname(torch.__file__), 'include', 'torch',
-                      'csrc', 'api', 'include', 'torch', 'all.h')
-years = {'201402': 14, '201703': 17, '202002': 20, '202302': 23}
-try:
-    with open(header) as f:
-        found = re.findall(r'__cplusplus\s*<\s*(\d{6})L', f.read())
-except OSError:
-    found = []
-print(max((years.get(v, 17) for v in found), default=17))
-EOF
-}
-
 build_mmcv_wheel() {
-    local key="$1" out="$2" std src
-    std="$(cxx_std)"
+    local out="$1" src
     src="$(mktemp -d)"
-    log "building mmcv $MMCV_VERSION with ops (C++$std); this takes ~10 min on 2 cores"
+    log "building mmcv $MMCV_VERSION with ops; this takes ~10 min on 2 cores"
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
         -d "$src" "mmcv==$MMCV_VERSION"
-    tar -xzf "$src/mmcv-$MMCV_VERSION.tar.gz" -C "$src"
-    # mmcv hard-codes C++17; torch >= 2.10 headers need C++20.
-    sed -i -e "s/-std=c++17/-std=c++$std/g" -e "s#/std:c++17#/std:c++$std#g" \
-        "$src/mmcv-$MMCV_VERSION/setup.py"
     mkdir -p "$out"
-    (cd "$src/mmcv-$MMCV_VERSION" &&
-        MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-            "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$out.tmp" .)
+    bash "$ROOT/tools/build_mmcv.sh" "$PY" "$src/mmcv-$MMCV_VERSION.tar.gz" "$out.tmp"
     mv "$out.tmp"/mmcv-*.whl "$out"/
     rm -rf "$out.tmp" "$src"
 }
@@ -119,7 +96,7 @@ install_mmcv() {
     key="mmcv-$MMCV_VERSION-torch$torchver-$pyver-$cuda-$(uname -m)"
     out="$CACHE/wheels/$key"
     if ! compgen -G "$out/mmcv-*.whl" >/dev/null; then
-        build_mmcv_wheel "$key" "$out"
+        build_mmcv_wheel "$out"
     else
         log "reusing cached mmcv wheel: $out"
     fi

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build an mmcv wheel with ops from its source distribution:
+#   tools/build_mmcv.sh PYTHON SDIST OUT_DIR
+# PYTHON must hold torch (and setuptools, wheel, ninja); the wheel lands in
+# OUT_DIR. mmcv's setup.py builds CUDA ops when torch sees a GPU or
+# FORCE_CUDA=1, for the architectures in TORCH_CUDA_ARCH_LIST (all that torch
+# was built for otherwise). MAX_JOBS: parallel compile jobs (nproc).
+# Used by tools/setup_env.sh and tools/gpu_e2e/run.sh.
+set -euo pipefail
+if [[ $# -ne 3 ]]; then
+    echo "usage: $0 PYTHON SDIST OUT_DIR" >&2
+    exit 2
+fi
+PY=$1
+SDIST=$2
+OUT=$3
+
+# The C++ standard torch's headers demand, read from torch itself rather than
+# assumed: torch/all.h refuses compilers below `__cplusplus < NNNNNNL`.
+STD="$("$PY" - <<'EOF'
+import os, re, torch
+header = os.path.join(os.path.dirname(torch.__file__), 'include', 'torch',
+                      'csrc', 'api', 'include', 'torch', 'all.h')
+years = {'201402': 14, '201703': 17, '202002': 20, '202302': 23}
+try:
+    with open(header) as f:
+        found = re.findall(r'__cplusplus\s*<\s*(\d{6})L', f.read())
+except OSError:
+    found = []
+print(max((years.get(v, 17) for v in found), default=17))
+EOF
+)"
+
+SRC="$(mktemp -d)"
+trap 'rm -rf "$SRC"' EXIT
+tar -xzf "$SDIST" -C "$SRC"
+DIR="$(find "$SRC" -mindepth 1 -maxdepth 1 -type d -name 'mmcv-*' | head -n 1)"
+# mmcv hard-codes C++17; torch >= 2.10 headers need C++20.
+sed -i -e "s/-std=c++17/-std=c++$STD/g" -e "s#/std:c++17#/std:c++$STD#g" \
+    "$DIR/setup.py"
+echo "[build_mmcv] $(basename "$DIR") with ops, C++$STD," \
+    "CUDA arch list '${TORCH_CUDA_ARCH_LIST:-torch default}', ${MAX_JOBS:-$(nproc)} jobs" >&2
+mkdir -p "$OUT"
+(cd "$DIR" &&
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+        "$PY" -m pip --disable-pip-version-check wheel -q --no-deps \
+        --no-build-isolation --no-index -w "$SRC/wheel" .)
+mv "$SRC"/wheel/mmcv-*.whl "$OUT"/

@@ -1,0 +1,328 @@
+"""Train and test the real configs for a few iterations and tabulate what
+they did: the second half of tools/gpu_e2e/run.sh.
+
+For RetinaNet, Mask R-CNN and Semantic FPN with PoolFormer-S12 (this
+package's configs) and with ResNet-50 (MMDetection's / MMSegmentation's own
+configs, the reference a user compares with), in float32 and with ``--amp``:
+``tools/train.py`` for ``--iters`` iterations on the demo data
+(tools/make_demo_data.py), then ``tools/test.py`` on ``--test-images``
+validation images. The configs are the real ones (model, optimizer,
+schedule, image sizes, batch per GPU); a generated config per run only points
+them at the demo data and its classes, turns ImageNet weights off (nothing
+can be downloaded offline) and logs every iteration unsmoothed.
+
+The runs share one process (the frameworks are imported once): the tools'
+``main`` functions are called as their command lines would be.
+
+Prints one table last: per config and precision, how many losses were
+finite, the median iteration time (after the first ``--warmup``), the peak
+GPU memory (mmengine's ``memory``: the allocator's peak per iteration), the
+ratios to the ResNet-50 model of the same task and precision, and how many
+predictions the test step produced. Also writes ``summary.json``.
+
+Example:
+    python tools/gpu_e2e/driver.py --data work_dirs/gpu_e2e/data \\
+        --out work_dirs/gpu_e2e --iters 40
+"""
+import argparse
+import gc
+import importlib.util
+import json
+import math
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+import traceback
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIGS = osp.join(ROOT, 'configs')
+
+DET_CLASSES = ('circle', 'square', 'triangle', 'star')
+# ADE20K layout of the demo data: 0 is unlabelled (reduce_zero_label).
+SEG_CLASSES = ('background', ) + DET_CLASSES
+
+# name: (task, base config, reference name)
+MODELS = {
+    'retinanet_poolformer_s12': (
+        'retinanet', osp.join(CONFIGS, 'retinanet_poolformer_s12.py'),
+        'retinanet_r50'),
+    'mask_rcnn_poolformer_s12': (
+        'mask_rcnn', osp.join(CONFIGS, 'mask_rcnn_poolformer_s12.py'),
+        'mask_rcnn_r50'),
+    'sem_fpn_poolformer_s12': (
+        'sem_fpn', osp.join(CONFIGS, 'sem_fpn_poolformer_s12.py'),
+        'sem_fpn_r50'),
+    'retinanet_r50': (
+        'retinanet', 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', None),
+    'mask_rcnn_r50': (
+        'mask_rcnn', 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', None),
+    'sem_fpn_r50': (
+        'sem_fpn', 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py', None),
+}
+PRECISIONS = ('fp32', 'amp')
+
+DETECTION = '''
+data_root = {data_root!r}
+metainfo = dict(classes={classes!r})
+train_dataloader = dict(dataset=dict(
+    data_root=data_root, metainfo=metainfo,
+    ann_file='annotations/instances_train.json',
+    data_prefix=dict(img='train/'),
+    # The first {train_images}: {iters} iterations of one epoch.
+    indices={train_images}))
+val_dataloader = dict(dataset=dict(
+    data_root=data_root, metainfo=metainfo,
+    ann_file='annotations/instances_val.json', data_prefix=dict(img='val/'),
+    indices={test_images}))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_epochs=1, val_interval=1000)
+'''
+SEGMENTATION = '''
+data_root = {data_root!r}
+metainfo = dict(classes={classes!r})
+dataset = dict(
+    _delete_=True, type='BaseSegDataset', data_root=data_root,
+    metainfo=metainfo, img_suffix='.png', seg_map_suffix='.png',
+    reduce_zero_label=True)
+train_dataloader = dict(dataset=dict(
+    dataset, data_prefix=dict(img_path='images/training',
+                              seg_map_path='annotations/training'),
+    pipeline=_base_.train_dataloader.dataset.pipeline))
+val_dataloader = dict(dataset=dict(
+    dataset, data_prefix=dict(img_path='images/validation',
+                              seg_map_path='annotations/validation'),
+    pipeline=_base_.val_dataloader.dataset.pipeline,
+    indices={test_images}))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters={iters}, val_interval=1000)
+'''
+# The heads' class counts; offline, no ImageNet weights (ours: init_cfg;
+# ResNet-50: init_cfg, and in MMSegmentation the model's `pretrained`).
+MODEL = {
+    'retinanet': ("model = dict(backbone=dict(init_cfg=None), "
+                  "bbox_head=dict(num_classes={n}))\n"),
+    'mask_rcnn': ("model = dict(backbone=dict(init_cfg=None), roi_head=dict("
+                  "bbox_head=dict(num_classes={n}), "
+                  "mask_head=dict(num_classes={n})))\n"),
+    'sem_fpn': ("model = dict(pretrained=None, backbone=dict(init_cfg=None), "
+                "decode_head=dict(num_classes={n}))\n"),
+}
+# Every iteration logged, not smoothed over a window: per-iteration times
+# and memory.
+LOGGING = '''
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval={checkpoint_interval}))
+log_processor = dict(window_size=1)
+'''
+
+
+def load_tool(script):
+    path = osp.join(ROOT, 'tools', script)
+    spec = importlib.util.spec_from_file_location(
+        osp.splitext(osp.basename(script))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def batch_size(base, out_dir):
+    """The base config's images per GPU."""
+    from mmengine.config import Config
+    probe = osp.join(out_dir, '_batch_size_probe.py')
+    with open(probe, 'w') as f:
+        f.write(f'_base_ = [{base!r}]\n')
+    try:
+        return Config.fromfile(probe).train_dataloader.batch_size
+    finally:
+        os.remove(probe)
+
+
+def write_config(name, data, iters, test_images, out_dir):
+    """The run's config: the real one, pointed at the demo data."""
+    task, base, _ = MODELS[name]
+    os.makedirs(out_dir, exist_ok=True)
+    if task == 'sem_fpn':
+        text = SEGMENTATION.format(
+            data_root=osp.join(data, 'ade', ''),
+            classes=SEG_CLASSES,
+            iters=iters,
+            test_images=list(range(test_images)))
+        n_classes = len(SEG_CLASSES)
+        checkpoint_interval = iters
+    else:
+        train_images = iters * batch_size(base, out_dir)
+        text = DETECTION.format(
+            data_root=osp.join(data, 'coco', ''),
+            classes=DET_CLASSES,
+            iters=iters,
+            train_images=list(range(train_images)),
+            test_images=list(range(test_images)))
+        n_classes = len(DET_CLASSES)
+        checkpoint_interval = 1
+    text += MODEL[task].format(n=n_classes)
+    text += LOGGING.format(checkpoint_interval=checkpoint_interval)
+    path = osp.join(out_dir, f'{name}.py')
+    with open(path, 'w') as f:
+        f.write(f'_base_ = [{base!r}]\n' + text)
+    return path
+
+
+def read_scalars(work_dir):
+    """The per-iteration records of the run's ``vis_data/scalars.json``."""
+    records = []
+    for run in sorted(os.listdir(work_dir)):
+        path = osp.join(work_dir, run, 'vis_data', 'scalars.json')
+        if osp.isfile(path):
+            with open(path) as f:
+                records += [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if 'loss' in r]
+
+
+def summarize(records, warmup):
+    """Losses finite / logged, median iteration time, peak memory."""
+    losses = [r['loss'] for r in records]
+    times = [r['time'] for r in records[warmup:] if 'time' in r]
+    memory = [r['memory'] for r in records if 'memory' in r]
+    return dict(
+        iterations=len(records),
+        finite_losses=sum(math.isfinite(x) for x in losses),
+        all_losses_finite=bool(losses) and all(map(math.isfinite, losses)),
+        median_iter_s=statistics.median(times) if times else None,
+        peak_memory_mb=max(memory) if memory else None)
+
+
+def count_predictions(out_path, task):
+    if task == 'sem_fpn':
+        return len([n for n in os.listdir(out_path) if n.endswith('.png')])
+    import pickle
+    with open(out_path, 'rb') as f:
+        return len(pickle.load(f))
+
+
+def run_one(name, precision, args, train_tool, test_tool):
+    task = MODELS[name][0]
+    run = f'{name}_{precision}'
+    work_dir = osp.join(args.out, run)
+    config = write_config(name, args.data, args.iters, args.test_images,
+                          osp.join(args.out, 'configs'))
+    unique = [f'experiment_name={run}', f'visualizer.name={run}',
+              f'randomness.seed={args.seed}']
+    result = dict(run=run, model=name, task=task, precision=precision,
+                  config=config)
+    start = time.perf_counter()
+    try:
+        train_tool.main([config, '--work-dir', work_dir, '--cfg-options'] +
+                        unique + (['--amp'] if precision == 'amp' else []))
+        result.update(summarize(read_scalars(work_dir), args.warmup))
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            checkpoint = f.read().strip()
+        out = osp.join(work_dir, 'preds' if task == 'sem_fpn' else
+                       'preds.pkl')
+        metrics = test_tool.main([
+            config, checkpoint, '--work-dir', work_dir, '--out', out,
+            '--cfg-options', f'experiment_name={run}_test',
+            f'visualizer.name={run}_test'
+        ])
+        result['predictions'] = count_predictions(out, task)
+        result['metrics'] = {k: float(v) for k, v in (metrics or {}).items()
+                             if isinstance(v, (int, float))}
+    except Exception as exc:  # one broken run must not hide the others
+        traceback.print_exc()
+        result['error'] = f'{type(exc).__name__}: {exc}'
+    result['wall_s'] = time.perf_counter() - start
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    gc.collect()
+    return result
+
+
+def _fmt(value, pattern):
+    return '-' if value is None else pattern.format(value)
+
+
+def table(results):
+    """The summary table (markdown), one row per run."""
+    by_run = {(r['model'], r['precision']): r for r in results}
+    lines = [
+        '| config | precision | finite losses | median iter (ms) | '
+        'peak memory (MB) | time / R50 | memory / R50 | predictions |',
+        '| --- | --- | --- | --- | --- | --- | --- | --- |'
+    ]
+    for r in results:
+        ref_name = MODELS[r['model']][2]
+        ref = by_run.get((ref_name, r['precision'])) if ref_name else None
+        time_ratio = memory_ratio = None
+        if ref and r.get('median_iter_s') and ref.get('median_iter_s'):
+            time_ratio = r['median_iter_s'] / ref['median_iter_s']
+        if ref and r.get('peak_memory_mb') and ref.get('peak_memory_mb'):
+            memory_ratio = r['peak_memory_mb'] / ref['peak_memory_mb']
+        if 'error' in r and 'iterations' not in r:
+            finite = 'failed: ' + r['error'][:60]
+        else:
+            finite = f"{r.get('finite_losses', 0)}/{r.get('iterations', 0)}"
+        median = r.get('median_iter_s')
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {finite} | "
+            f"{_fmt(median and median * 1e3, '{:.1f}')} | "
+            f"{_fmt(r.get('peak_memory_mb'), '{:.0f}')} | "
+            f"{_fmt(time_ratio, '{:.2f}')} | {_fmt(memory_ratio, '{:.2f}')} |"
+            f" {_fmt(r.get('predictions'), '{}')} |")
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='The configs end to end for a few iterations')
+    parser.add_argument('--data', required=True,
+                        help='demo data (tools/make_demo_data.py --out)')
+    parser.add_argument('--out', required=True, help='work dirs, summary')
+    parser.add_argument('--iters', type=int, default=40)
+    parser.add_argument('--warmup', type=int, default=5,
+                        help='iterations left out of the median time')
+    parser.add_argument('--test-images', type=int, default=8)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--models', nargs='+', default=list(MODELS),
+                        choices=list(MODELS), metavar='MODEL')
+    parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS),
+                        choices=PRECISIONS)
+    args = parser.parse_args(argv)
+    for path in (osp.join(args.data, 'coco'), osp.join(args.data, 'ade')):
+        if not osp.isdir(path):
+            parser.error(f'--data {args.data!r} has no {osp.basename(path)}/'
+                         ' folder; write it with tools/make_demo_data.py')
+    if args.iters <= args.warmup:
+        parser.error(f'--iters {args.iters} must exceed --warmup '
+                     f'{args.warmup}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    train_tool = load_tool('train.py')
+    test_tool = load_tool('test.py')
+    results = []
+    for name in args.models:
+        for precision in args.precisions:
+            print(f'[gpu_e2e] {name} {precision}', file=sys.stderr,
+                  flush=True)
+            results.append(run_one(name, precision, args, train_tool,
+                                   test_tool))
+    with open(osp.join(args.out, 'summary.json'), 'w') as f:
+        json.dump(results, f, indent=1)
+    print(table(results))
+    failed = [r['run'] for r in results
+              if 'error' in r or not r.get('all_losses_finite')
+              or not r.get('predictions')]
+    if failed:
+        print(f'[gpu_e2e] failed or non-finite: {failed}', file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
