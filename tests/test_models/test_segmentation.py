@@ -43,7 +43,8 @@ def test_paper_recipe():
     assert (poly.type, poly.power, poly.eta_min, poly.end) == ('PolyLR', 0.9,
                                                                0.0, 40000)
     assert (cfg.train_cfg.type, cfg.train_cfg.max_iters,
-            cfg.train_cfg.val_interval) == ('IterBasedTrainLoop', 40000, 4000)
+            cfg.train_cfg.val_interval) == ('ResumableIterBasedTrainLoop',
+                                            40000, 4000)
     assert cfg.default_hooks.checkpoint.interval == 4000
     assert cfg.train_dataloader.batch_size == 4
     assert cfg.crop_size == (512, 512)
