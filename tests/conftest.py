@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
 
@@ -25,6 +26,36 @@ def run_command(cmd, cwd=None, env=None, timeout=900):
                     f'--- stdout ---\n{result.stdout[-6000:]}\n'
                     f'--- stderr ---\n{result.stderr[-6000:]}')
     return result
+
+
+def run_commands(cmds, cwd=None, env=None, timeout=900):
+    """Run independent commands side by side (most of their time is
+    single-threaded imports); fail with the output of any that does not
+    exit 0. Returns their results in order."""
+    procs = [
+        subprocess.Popen([str(c) for c in cmd], cwd=str(cwd or ROOT),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env) for cmd in cmds
+    ]
+    results = []
+    for cmd, proc in zip(cmds, procs):
+        stdout, stderr = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(cmd, proc.returncode,
+                                                   stdout, stderr))
+    for result in results:
+        if result.returncode != 0:
+            pytest.fail(f'{" ".join(map(str, result.args))} exited '
+                        f'{result.returncode}\n'
+                        f'--- stdout ---\n{result.stdout[-6000:]}\n'
+                        f'--- stderr ---\n{result.stderr[-6000:]}')
+    return results
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now, for a process group's master."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def load_tool(script):
@@ -57,14 +88,20 @@ def demo_data(tmp_path_factory):
 def trained_demo(tmp_path_factory, demo_data):
     """``trained_demo(model)``: (config, checkpoint, cfg options) of a demo
     config trained for a couple of iterations by ``tools/train.py`` (see
-    ``tiny_demo.train_demo``); each model is trained once per session."""
-    from tiny_demo import train_demo
+    ``tiny_demo.train_demos``). The first request trains every demo model,
+    side by side."""
+    from tiny_demo import DEMO_MODELS, train_demos
     done = {}
 
     def get(model):
-        if model not in done:
-            work_dir = tmp_path_factory.mktemp(f'trained_{model}')
-            done[model] = train_demo(model, demo_data, work_dir)
+        if model not in DEMO_MODELS:
+            raise ValueError(
+                f'model must be one of {DEMO_MODELS}, not {model!r}')
+        if not done:
+            work_dirs = [tmp_path_factory.mktemp(f'trained_{m}')
+                         for m in DEMO_MODELS]
+            done.update(zip(DEMO_MODELS,
+                            train_demos(DEMO_MODELS, demo_data, work_dirs)))
         return done[model]
 
     return get

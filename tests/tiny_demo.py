@@ -1,7 +1,7 @@
 """Short demo runs for the tool tests.
 
-:func:`train_demo` trains a demo config (``configs/demo/*``) for a couple of
-iterations through ``tools/train.py``, for tests that need a checkpoint
+:func:`train_demos` trains demo configs (``configs/demo/*``) for a couple
+of iterations through ``tools/train.py``, for tests that need a checkpoint
 written by a real training (the ``trained_demo`` fixture of conftest.py).
 
 A tiny, deterministic RetinaNet demo run:
@@ -17,8 +17,9 @@ import glob
 import json
 import math
 import os.path as osp
+import sys
 
-from conftest import CONFIGS, run_tool
+from conftest import CONFIGS, TOOLS, run_commands
 
 DEMO_CONFIG = osp.join(CONFIGS, 'demo', 'retinanet_poolformer_s12_demo.py')
 DEMO_MODELS = ('retinanet', 'mask_rcnn', 'sem_fpn')
@@ -176,22 +177,33 @@ def demo_config(model):
     return osp.join(CONFIGS, 'demo', f'{model}_poolformer_s12_demo.py')
 
 
-def train_demo(model, demo_data, work_dir):
+def train_demos(models, demo_data, work_dirs):
     """Train ``configs/demo/<model>_poolformer_s12_demo.py`` for the
-    iterations of ``SHORT`` on ``demo_data`` with ``tools/train.py``.
+    iterations of ``SHORT`` on ``demo_data`` with ``tools/train.py``, the
+    models side by side, each into its work dir.
 
     Returns:
-        tuple: The config path, the checkpoint written, and the
-        ``--cfg-options`` that point the config at ``demo_data``.
+        list[tuple]: Per model, the config path, the checkpoint written, and
+        the ``--cfg-options`` that point the config at ``demo_data``.
     """
-    if model not in DEMO_MODELS:
-        raise ValueError(f'model must be one of {DEMO_MODELS}, not {model!r}')
-    config = demo_config(model)
-    scope = 'mmseg' if model == 'sem_fpn' else 'mmdet'
-    options = data_options(scope, demo_data) + SHORT[model] + (
-        IN_PROCESS_LOADING)
-    run_tool('train.py', config, '--work-dir', work_dir, '--cfg-options',
-             *options)
-    with open(osp.join(str(work_dir), 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
-    return config, checkpoint, options
+    runs, commands = [], []
+    for model, work_dir in zip(models, work_dirs):
+        if model not in DEMO_MODELS:
+            raise ValueError(
+                f'model must be one of {DEMO_MODELS}, not {model!r}')
+        config = demo_config(model)
+        scope = 'mmseg' if model == 'sem_fpn' else 'mmdet'
+        options = data_options(scope, demo_data) + SHORT[model] + (
+            IN_PROCESS_LOADING)
+        commands.append([
+            sys.executable,
+            osp.join(TOOLS, 'train.py'), config, '--work-dir', work_dir,
+            '--cfg-options', *options
+        ])
+        runs.append((config, work_dir, options))
+    run_commands(commands)
+    done = []
+    for config, work_dir, options in runs:
+        with open(osp.join(str(work_dir), 'last_checkpoint')) as f:
+            done.append((config, f.read().strip(), options))
+    return done

@@ -4,14 +4,13 @@ import json
 import os
 import os.path as osp
 import pickle
-import socket
 import subprocess
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import CONFIGS, ROOT, TOOLS
+from conftest import CONFIGS, ROOT, TOOLS, free_port
 from poolformer_mm.engine import SafeRunner
 from poolformer_mm.engine.tool_config import load_config
 from tiny_demo import assert_finite_losses, write_tiny_config
@@ -46,12 +45,6 @@ class DumpRankWeights(Hook):
         with open(osp.join(self.out_dir, f'rank{runner.rank}.json'), 'w') as f:
             json.dump(info, f)
 '''
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def run_script(script, *args, env, timeout=600):

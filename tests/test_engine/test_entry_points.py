@@ -13,10 +13,9 @@ import os.path as osp
 import subprocess
 import sys
 
-import pytest
 import torch
 
-from conftest import run_command
+from conftest import run_command, run_commands
 from tiny_demo import IN_PROCESS_LOADING
 
 MMDET_TOOLS = osp.join(
@@ -28,10 +27,6 @@ MMSEG_TOOLS = osp.join(
 def run_python(args, cwd):
     """Run ``python *args`` in a fresh interpreter; fail with its output."""
     return run_command([sys.executable, *args], cwd)
-
-
-def run_snippet(code, cwd, *args):
-    return run_python(['-c', code] + list(args), cwd)
 
 
 def val_image(demo_data):
@@ -73,39 +68,48 @@ print('label map', tuple(result.pred_sem_seg.data.shape))
 '''
 
 
+def run_snippets(snippets, cwd, *args):
+    """Each snippet in its own fresh interpreter, side by side; their
+    outputs."""
+    results = run_commands(
+        [[sys.executable, '-c', code, *args] for code in snippets], cwd)
+    return [result.stdout for result in results]
+
+
 def test_mmdet_apis_read_training_checkpoint(trained_demo, demo_data,
                                              tmp_path):
     config, checkpoint, _ = trained_demo('retinanet')
-    image = val_image(demo_data)
-    out = run_snippet(DET_API, tmp_path, config, checkpoint, image).stdout
-    assert 'boxes ' in out and "'circle'" in out
-    out = run_snippet(DET_INFERENCER, tmp_path, config, checkpoint,
-                      image).stdout
-    assert 'boxes ' in out
+    api, inferencer = run_snippets([DET_API, DET_INFERENCER], tmp_path,
+                                   config, checkpoint, val_image(demo_data))
+    assert 'boxes ' in api and "'circle'" in api
+    assert 'boxes ' in inferencer
 
 
 def test_mmseg_apis_read_training_checkpoint(trained_demo, demo_data,
                                              tmp_path):
     config, checkpoint, _ = trained_demo('sem_fpn')
-    image = val_image(demo_data)
-    out = run_snippet(SEG_API, tmp_path, config, checkpoint, image).stdout
-    assert 'label map (1, 96, 96)' in out and "'circle'" in out
-    out = run_snippet(SEG_INFERENCER, tmp_path, config, checkpoint,
-                      image).stdout
-    assert 'label map (1, 96, 96)' in out
+    api, inferencer = run_snippets([SEG_API, SEG_INFERENCER], tmp_path,
+                                   config, checkpoint, val_image(demo_data))
+    assert 'label map (1, 96, 96)' in api and "'circle'" in api
+    assert 'label map (1, 96, 96)' in inferencer
 
 
-@pytest.mark.parametrize('model', ['retinanet', 'sem_fpn'])
-def test_framework_test_tool_reads_training_checkpoint(
-        model, trained_demo, tmp_path):
-    config, checkpoint, options = trained_demo(model)
-    tools = MMSEG_TOOLS if model == 'sem_fpn' else MMDET_TOOLS
-    out = run_python([
-        osp.join(tools, 'test.py'), config, checkpoint, '--work-dir',
-        tmp_path / 'test', '--cfg-options'
-    ] + options, tmp_path)
-    metric = 'mIoU' if model == 'sem_fpn' else 'bbox_mAP'
-    assert metric in out.stdout + out.stderr
+def test_framework_test_tools_read_training_checkpoints(
+        trained_demo, tmp_path):
+    """MMDetection's tools/test.py on RetinaNet's, MMSegmentation's on
+    Semantic FPN's checkpoint, side by side."""
+    commands, metrics = [], []
+    for model, tools, metric in (('retinanet', MMDET_TOOLS, 'bbox_mAP'),
+                                 ('sem_fpn', MMSEG_TOOLS, 'mIoU')):
+        config, checkpoint, options = trained_demo(model)
+        commands.append([
+            sys.executable,
+            osp.join(tools, 'test.py'), config, checkpoint, '--work-dir',
+            tmp_path / model, '--cfg-options'
+        ] + options)
+        metrics.append(metric)
+    for result, metric in zip(run_commands(commands, tmp_path), metrics):
+        assert metric in result.stdout + result.stderr
 
 
 def test_mmseg_train_tool_resumes_its_own_checkpoint(demo_data, tmp_path):

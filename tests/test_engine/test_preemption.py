@@ -26,14 +26,13 @@ import os
 import os.path as osp
 import shutil
 import signal
-import socket
 import subprocess
 import uuid
 
 import pytest
 import torch
 
-from conftest import ROOT, TOOLS
+from conftest import ROOT, TOOLS, free_port
 from poolformer_mm.engine import PREEMPTED_EXIT_CODE
 from poolformer_mm.engine.runner import checkpoint_is_complete
 from poolformer_mm.engine.tool_config import (build_runner, load_config,
@@ -54,12 +53,6 @@ STOPS = {
 # One image a batch in each of 2 processes, loaded by a persistent worker.
 TWO_PROCESS_LOADING = ('train_dataloader.update(batch_size=1, num_workers=1, '
                        'persistent_workers=True)\n')
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def tiny_config(path, demo_data, processes, records, hooks=()):

@@ -24,7 +24,7 @@ from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapper
 from mmengine.registry import DefaultScope
 
-from conftest import ROOT, TOOLS, run_tool
+from conftest import ROOT, TOOLS, load_tool, run_tool
 from poolformer_mm.engine.hooks import PART_SUFFIX
 from poolformer_mm.engine.runner import (SafeRunner, check_optimizer_state,
                                          checkpoint_is_complete,
@@ -49,8 +49,14 @@ def reference(demo_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('reference')
     config = write_tiny_config(tmp / 'tiny.py', demo_data, EPOCHS,
                                small_model=True)
-    run_tool('train.py', config, '--work-dir', tmp / 'work')
     work = tmp / 'work'
+    # tools/train.py in this process; a runner of its own name (mmengine's
+    # visualizer is a named singleton).
+    load_tool('train.py').main([
+        config, '--work-dir',
+        str(work), '--cfg-options', 'experiment_name=reliability_reference',
+        'visualizer.name=reliability_reference'
+    ])
     assert (work / 'last_checkpoint').read_text() == str(work /
                                                          f'epoch_{EPOCHS}.pth')
     return work

@@ -10,6 +10,7 @@ import math
 import os.path as osp
 import re
 import subprocess
+import sys
 
 import pytest
 from mmengine.config import Config
@@ -91,8 +92,8 @@ def test_run_script_refuses_a_machine_without_cuda(tmp_path):
         ['bash', osp.join(ROOT, 'tools', 'gpu_e2e', 'run.sh'),
          str(tmp_path / 'out')],
         capture_output=True, text=True,
-        env={'PATH': osp.dirname(__import__('sys').executable) + ':/usr/bin:'
-             '/bin', 'CUDA_VISIBLE_DEVICES': ''})
+        env={'PATH': osp.dirname(sys.executable) + ':/usr/bin:/bin',
+             'CUDA_VISIBLE_DEVICES': ''})
     assert result.returncode != 0
     assert 'torch sees no CUDA device' in result.stderr
 
