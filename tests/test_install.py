@@ -21,7 +21,7 @@ import sysconfig
 import pytest
 import yaml
 
-from conftest import CONFIGS, ROOT, run_command as run
+from conftest import CONFIGS, ROOT, run_command as run, run_commands
 
 MMDET_TRAIN = osp.join(
     osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'train.py')
@@ -112,42 +112,43 @@ def test_wheel_carries_configs_and_tools(installed, tmp_path):
     assert out.stdout.split()[-2:] == ['s24', 'mmseg']
 
 
-def train_user_config(python, train_script, base, demo_data, folder,
-                      env=None):
+def user_config(base, demo_data, folder):
     folder.mkdir()
     config = folder / 'my_retinanet.py'
     config.write_text(
         USER_CONFIG.format(base=base, data_root=f'{demo_data}/coco/'))
-    result = run([python, train_script, config, '--work-dir', folder / 'work'],
-                 folder, env)
-    assert (folder / 'work' / 'epoch_1.pth').is_file()
-    log = result.stdout + result.stderr
-    assert re.search(r'Epoch\(train\) +\[1\]\[2/2\]', log), log[-3000:]
-    # Everything was found in the frameworks' registries.
-    assert 'Failed to search registry' not in log
-    return log
+    return config
 
 
-def test_inherit_by_package_name(installed, demo_data, tmp_path):
-    package_tools = run(
+def test_user_configs_inherit_ours(installed, demo_data, tmp_path):
+    """A config of the user's inherits ours by package name and trains
+    with the wheel's tools/train.py; another inherits ours by folder
+    (``{{$POOLFORMER_MM_CONFIGS:}}``) and trains with MMDetection's own
+    tools/train.py. The two trainings run side by side."""
+    env = env_without_checkout()
+    package_tools, configs = run(
         [installed, '-c', 'import poolformer_mm, os.path as osp; '
          'print(osp.join(osp.dirname(poolformer_mm.__file__), ".mim", '
-         '"tools"))'], tmp_path, env_without_checkout()).stdout.split()[-1]
-    train_user_config(installed, osp.join(package_tools, 'train.py'),
-                      'poolformer_mm::demo/retinanet_poolformer_s12_demo.py',
-                      demo_data, tmp_path / 'mine', env_without_checkout())
-
-
-def test_inherit_by_folder_with_mmdet_train(installed, demo_data, tmp_path):
-    env = env_without_checkout()
-    env['POOLFORMER_MM_CONFIGS'] = run(
-        [installed, '-c', 'import poolformer_mm; '
-         'print(poolformer_mm.config_dir())'], tmp_path,
-        env).stdout.split()[-1]
-    train_user_config(
-        installed, MMDET_TRAIN,
+         '"tools")); print(poolformer_mm.config_dir())'], tmp_path,
+        env).stdout.split()[-2:]
+    by_name = user_config(
+        'poolformer_mm::demo/retinanet_poolformer_s12_demo.py', demo_data,
+        tmp_path / 'by_name')
+    by_folder = user_config(
         '{{$POOLFORMER_MM_CONFIGS:}}/demo/retinanet_poolformer_s12_demo.py',
-        demo_data, tmp_path / 'mine', env)
+        demo_data, tmp_path / 'by_folder')
+    runs = run_commands(
+        [[installed, osp.join(package_tools, 'train.py'), by_name,
+          '--work-dir', tmp_path / 'by_name' / 'work'],
+         [installed, MMDET_TRAIN, by_folder, '--work-dir',
+          tmp_path / 'by_folder' / 'work']],
+        tmp_path, dict(env, POOLFORMER_MM_CONFIGS=configs))
+    for folder, result in zip(('by_name', 'by_folder'), runs):
+        assert (tmp_path / folder / 'work' / 'epoch_1.pth').is_file()
+        log = result.stdout + result.stderr
+        assert re.search(r'Epoch\(train\) +\[1\]\[2/2\]', log), log[-3000:]
+        # Everything was found in the frameworks' registries.
+        assert 'Failed to search registry' not in log, folder
 
 
 def test_metafile_lists_every_config():
