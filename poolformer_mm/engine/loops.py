@@ -121,6 +121,20 @@ def resumable_dataloader_cfg(dataloader_cfg: dict) -> dict:
     return cfg
 
 
+def _load_and_drop(batches: Iterator, done: int) -> Iterator:
+    """Advance ``batches`` past the ``done`` batches already trained by
+    loading them: the way left when the train dataloader was given as an
+    object, so no :class:`ResumableBatchSampler` can skip them by index."""
+    print_log(
+        'The train dataloader was given as an object, not a config: '
+        f'loading the {done} batches done to skip them.',
+        logger='current',
+        level=logging.WARNING)
+    for _ in range(done):
+        next(batches)
+    return batches
+
+
 @LOOPS.register_module()
 class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     """``EpochBasedTrainLoop`` that resumes in the middle of an epoch.
@@ -189,15 +203,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         if isinstance(batch_sampler, ResumableBatchSampler):
             batch_sampler.skip_next_batches(done)
             return self.dataloader
-        print_log(
-            'The train dataloader was given as an object, not a config: '
-            f'loading the {done} batches done to skip them.',
-            logger='current',
-            level=logging.WARNING)
-        batches = iter(self.dataloader)
-        for _ in range(done):
-            next(batches)
-        return batches
+        return _load_and_drop(iter(self.dataloader), done)
 
 
 @LOOPS.register_module()
@@ -248,13 +254,7 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
         """Go on after ``done`` batches."""
         batch_sampler = self.dataloader.batch_sampler
         if not isinstance(batch_sampler, ResumableBatchSampler):
-            print_log(
-                'The train dataloader was given as an object, not a config: '
-                f'loading the {done} batches done to skip them.',
-                logger='current',
-                level=logging.WARNING)
-            for _ in range(done):
-                next(self.dataloader_iterator)
+            _load_and_drop(self.dataloader_iterator, done)
             return
         sampler = batch_sampler.sampler
         passes, into_pass = 0, done

@@ -25,6 +25,7 @@ Example:
         --out work_dirs/gpu_e2e --iters 40
 """
 import argparse
+import functools
 import gc
 import importlib.util
 import json
@@ -129,8 +130,10 @@ def load_tool(script):
     return module
 
 
+@functools.lru_cache(maxsize=None)
 def batch_size(base, out_dir):
-    """The base config's images per GPU."""
+    """The base config's images per GPU (read once per base: each precision
+    writes its config)."""
     from mmengine.config import Config
     probe = osp.join(out_dir, '_batch_size_probe.py')
     with open(probe, 'w') as f:
