@@ -7,11 +7,11 @@ registries, so configs can use
 It also registers the training runtime of :mod:`poolformer_mm.engine`
 (``SafeRunner``, ``SafeCheckpointHook``, ``SwitchToDeployHook``,
 ``CPUDistributedDataParallel``, ``AutocastOptimWrapper``) in mmengine's
-registries, which the configs name. It adds the data-only types of mmengine
-checkpoints to torch's weights-only allowlist
-(:mod:`poolformer_mm.engine.safe_loading`), and lets configs inherit this
+registries, which the configs name, and lets configs inherit this
 package's by ``poolformer_mm::<folder>/<file>``
-(:func:`config_dir` says where they are).
+(:func:`config_dir` says where they are). It adds nothing to torch's
+``weights_only`` allowlist: the checkpoints it writes are plain data
+(:mod:`poolformer_mm.checkpoint`).
 """
 from . import engine  # noqa: F401  (registers the training runtime)
 from .models import MetaFormer, PoolFormer

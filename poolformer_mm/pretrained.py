@@ -1,8 +1,8 @@
 """Reading PoolFormer and MetaFormer weights in every public naming, safely.
 
-One loader for the whole package: :func:`read_checkpoint` reads a file (local
-or URL, ``.pth`` / ``.pth.tar`` / ``.safetensors``) without ever running
-pickled code, :func:`convert_backbone_state_dict` maps any known naming onto
+Files are read by :func:`~poolformer_mm.checkpoint.read_checkpoint`
+(local or URL, ``.pth`` / ``.pth.tar`` / ``.safetensors``), which never runs
+pickled code; :func:`convert_backbone_state_dict` maps any known naming onto
 this package's module names, and :func:`load_pretrained` puts the result into
 a :class:`PoolFormer` or :class:`MetaFormer` and reports exactly what was and
 was not loaded.
@@ -29,125 +29,22 @@ Known namings (detected from the keys):
 - ``poolformer_mm``: this package's names, timm's plus output norms
   ``norm{i}``.
 """
-import os
-import os.path as osp
-import pickle
 import re
-import zipfile
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import urlparse
 
 import torch
-from mmengine.logging import MMLogger, print_log
+from mmengine.logging import MMLogger
 from torch import Tensor
+
+from .checkpoint.files import read_checkpoint
+from .errors import CheckpointError
 
 FORMATS = ('original', 'original_dense', 'mmpretrain', 'metaformer_original',
            'timm', 'poolformer_mm')
 # Containers in which released checkpoints wrap their state dict.
 _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'state_dict_ema',
                  'model_ema')
-
-
-class CheckpointError(RuntimeError):
-    """A pretrained file that cannot be used: unreadable, unsafe, or not
-    matching the backbone."""
-
-
-def _is_url(filename: str) -> bool:
-    return urlparse(filename).scheme in ('http', 'https')
-
-
-def _download(url: str) -> str:
-    """Download ``url`` into torch's hub cache once and return the path."""
-    cache_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
-    os.makedirs(cache_dir, exist_ok=True)
-    path = osp.join(cache_dir, osp.basename(urlparse(url).path))
-    if not osp.exists(path):
-        print_log(f'Downloading {url} to {path}', logger='current')
-        try:
-            torch.hub.download_url_to_file(url, path, progress=False)
-        except Exception as exc:  # network errors come in many classes
-            raise CheckpointError(
-                f'Could not download pretrained weights from {url}: {exc}. '
-                'Download the file by hand and give its local path as '
-                '`checkpoint`.') from exc
-    return path
-
-
-def read_checkpoint(filename: str,
-                    map_location: str = 'cpu') -> Dict[str, object]:
-    """Read a checkpoint file without executing pickled code.
-
-    ``.safetensors`` files are read with safetensors, everything else with
-    ``torch.load(weights_only=True)``.
-
-    Args:
-        filename (str): Local path or http(s) URL.
-        map_location (str): Device for the tensors. Defaults to 'cpu'.
-
-    Returns:
-        dict: What the file holds (a state dict or a wrapper around one).
-
-    Raises:
-        FileNotFoundError: No such local file.
-        CheckpointError: The file is not a readable checkpoint, or reading
-            it would need arbitrary code.
-    """
-    filename = str(filename)
-    path = _download(filename) if _is_url(filename) else filename
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f'Pretrained checkpoint not found: {filename!r}; `checkpoint` '
-            'must be an existing local file or an http(s) URL')
-    if path.endswith('.safetensors'):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(path, device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f'{filename!r} is not a readable safetensors file: {exc}'
-            ) from exc
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        what = refused_global(exc)
-        if what is not None:
-            raise CheckpointError(
-                f'Refusing to load {filename!r}: unpickling it needs '
-                f'{what}, which could run arbitrary code. '
-                'Convert it to a plain state dict with '
-                'tools/convert_weights.py from a trusted environment.'
-            ) from exc
-        raise CheckpointError(
-            f'{filename!r} is not a readable checkpoint: {exc}') from exc
-    except NOT_A_CHECKPOINT as exc:
-        raise CheckpointError(
-            f'{filename!r} is not a readable checkpoint (truncated or not a '
-            f'PyTorch file): {type(exc).__name__}: {exc}') from exc
-
-
-# What torch.load raises for a file that is not a checkpoint: torn zip
-# archives, and the weights-only unpickler's errors on arbitrary bytes (a
-# text file gives KeyError or IndexError from its stack machine).
-NOT_A_CHECKPOINT = (RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-                    ValueError, KeyError, IndexError, TypeError)
-
-
-def refused_global(exc: pickle.UnpicklingError) -> Optional[str]:
-    """What a weights-only ``torch.load`` refused to unpickle: ``'the global
-    module.name'`` or ``'getattr(...)'``, or None when ``exc`` is about a
-    file that is not a pickle at all."""
-    message = str(exc)
-    if 'Weights only load failed' not in message:
-        return None
-    match = re.search(r'GLOBAL (\S+)|(getattr\(.*?\)) is not allowed',
-                      message)
-    if match is None:
-        return None
-    return (f'the global {match.group(1)}'
-            if match.group(1) else match.group(2))
 
 
 def unwrap_state_dict(checkpoint: Dict[str, object]) -> Dict[str, Tensor]:

@@ -131,7 +131,7 @@ def assert_finite_losses(work_dir, at_least=1):
 
 def state_dict(path):
     """The model weights of an mmengine checkpoint."""
-    from poolformer_mm.engine.safe_loading import load_training_checkpoint
+    from poolformer_mm.checkpoint import load_training_checkpoint
     return load_training_checkpoint(str(path))['state_dict']
 
 

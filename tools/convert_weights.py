@@ -20,8 +20,10 @@ from collections import OrderedDict
 
 import torch
 
+from poolformer_mm.checkpoint import read_checkpoint
+from poolformer_mm.errors import CheckpointError
 from poolformer_mm.pretrained import (FORMATS, convert_backbone_state_dict,
-                                      read_checkpoint, unwrap_state_dict)
+                                      unwrap_state_dict)
 
 
 def parse_args(argv=None):
@@ -45,9 +47,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    state_dict = unwrap_state_dict(read_checkpoint(args.src))
     fmt = None if args.format == 'auto' else args.format
-    backbone, others, fmt = convert_backbone_state_dict(state_dict, fmt)
+    try:
+        state_dict = unwrap_state_dict(read_checkpoint(args.src))
+        backbone, others, fmt = convert_backbone_state_dict(state_dict, fmt)
+    except (FileNotFoundError, CheckpointError) as exc:
+        sys.exit(f'error: {exc}')
     print(f'{args.src}: {fmt} naming, {len(state_dict)} tensors')
     print(f'  backbone tensors converted: {len(backbone)}')
     if args.whole_model:

@@ -47,6 +47,7 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 
+from poolformer_mm.checkpoint import from_plain
 from poolformer_mm.engine.hooks import switch_model_to_deploy
 from poolformer_mm.engine.tool_config import load_config
 from poolformer_mm.pretrained import (CheckpointError,
@@ -276,6 +277,7 @@ def read_weights(filename: str) -> Weights:
     if not backbone_only:
         tensors.update((k, state_dict[k]) for k in others)
     meta = raw.get('meta') if isinstance(raw.get('meta'), dict) else {}
+    meta = from_plain(meta)  # e.g. a palette saved as a numpy array
     return Weights(filename, tensors, backbone_only, dict(meta), naming)
 
 

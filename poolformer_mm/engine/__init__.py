@@ -15,13 +15,12 @@ MMDetection's and MMSegmentation's fall back to. Modules:
 - :mod:`.loops`: :class:`ResumableEpochBasedTrainLoop`,
   :class:`ResumableIterBasedTrainLoop` and the random states that
   checkpoints carry;
-- :mod:`.safe_loading`: the ``torch.load`` allowlist for mmengine training
-  checkpoints;
 - :mod:`.distributed`: :class:`CPUDistributedDataParallel` and the gloo
   process group;
 - :mod:`.optim_wrapper`: :class:`AutocastOptimWrapper`;
 - :mod:`.tool_config`: what ``tools/train.py`` and ``tools/test.py`` share.
 """
+from ..checkpoint import load_training_checkpoint
 from .distributed import CPUDistributedDataParallel, init_cpu_process_group
 from .hooks import (PREEMPTED_EXIT_CODE, PreemptionHook, SafeCheckpointHook,
                     SwitchToDeployHook)
@@ -29,7 +28,6 @@ from .loops import (ResumableBatchSampler, ResumableEpochBasedTrainLoop,
                     ResumableIterBasedTrainLoop)
 from .optim_wrapper import AutocastOptimWrapper
 from .runner import SafeRunner
-from .safe_loading import load_training_checkpoint
 
 __all__ = [
     'AutocastOptimWrapper', 'CPUDistributedDataParallel',

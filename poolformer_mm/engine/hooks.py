@@ -41,6 +41,7 @@ from mmengine.runner import EpochBasedTrainLoop
 from .distributed import close_distributed
 from .loops import (RNG_STATES, ResumableEpochBasedTrainLoop,
                     capture_rng_states)
+from .runner import SafeRunner
 
 PART_SUFFIX = '.part'
 
@@ -88,6 +89,8 @@ class SafeCheckpointHook(CheckpointHook):
       one and the pointer are in place (mmengine deletes them first);
     - the checkpoint holds the random states of every process, for an exact
       resume (:class:`~poolformer_mm.engine.SafeRunner` restores them);
+    - the checkpoint is plain data (:class:`~poolformer_mm.engine.SafeRunner`
+      writes it so), which torch's default weights-only loader reads;
     - :meth:`save_interim_checkpoint` writes a checkpoint in the middle of an
       epoch for :class:`PreemptionHook`.
 
@@ -99,6 +102,11 @@ class SafeCheckpointHook(CheckpointHook):
     interim_ckpts: List[str] = []
 
     def before_train(self, runner) -> None:
+        if not isinstance(runner, SafeRunner):
+            raise TypeError(
+                f'SafeCheckpointHook writes plain-data checkpoints through '
+                f'SafeRunner, but the runner is a {type(runner).__name__}; '
+                "set runner_type='SafeRunner' (the configs/_base_ files do).")
         super().before_train(runner)
         self.interim_ckpts: List[str] = list(
             runner.message_hub.get_info('interim_ckpts', []))

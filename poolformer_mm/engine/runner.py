@@ -8,10 +8,15 @@ package's ``tools/train.py`` and MMDetection's / MMSegmentation's own
 method of mmengine's ``Runner`` that it overrides:
 
 - ``load_checkpoint`` (``load_from``; ``resume`` loads through it): reads
-  the file with the allowlist of :mod:`poolformer_mm.engine.safe_loading`,
-  and names it when it is torn or would need unsafe globals;
+  the file with :func:`~poolformer_mm.checkpoint.load_training_checkpoint`
+  (plain data, or older checkpoints through validating stand-ins), and
+  names it when it is torn or not data;
+- ``call_hook``: a checkpoint about to be saved becomes plain data after
+  the hooks' ``before_save_checkpoint``, so torch's default weights-only
+  loader reads it in any process, with nothing added to its allowlist;
 - ``resume``: checks right after loading that the optimizer state fits the
-  parameters (:func:`check_optimizer_state`), then restores the random
+  parameters (:func:`check_optimizer_state`), gives the train sampler the
+  checkpoint's seed (:func:`sync_sampler_seed`), then restores the random
   generator states the checkpoint holds;
 - ``load_or_resume``: ``resume=True`` without ``load_from`` (``--resume``
   without a value) continues from the newest *complete* checkpoint
@@ -32,7 +37,7 @@ import os
 import os.path as osp
 import re
 import zipfile
-from typing import List, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 from mmengine.device import get_device
@@ -41,13 +46,14 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from ..pretrained import CheckpointError
+from ..checkpoint import load_training_checkpoint, to_plain
+from ..errors import CheckpointError
 from ..registry import resolve_package_scope
 from .distributed import (cpu_model_wrapper_cfg, elastic_store_kwargs,
                           init_cpu_process_group)
 from .loops import RNG_STATES, restore_rng_states
-from .safe_loading import safe_checkpoint_loading
 
 LAST_CHECKPOINT = 'last_checkpoint'
 # File names CheckpointHook gives its checkpoints by default.
@@ -135,16 +141,55 @@ class SafeRunner(Runner):
             model_wrapper_cfg = cpu_cfg
         return super().wrap_model(model_wrapper_cfg, model)
 
-    def load_checkpoint(self, filename: str, *args, **kwargs) -> dict:
-        """``Runner.load_checkpoint`` with the allowlist of
-        :func:`~poolformer_mm.engine.safe_loading.safe_checkpoint_loading`.
+    def load_checkpoint(self,
+                        filename: str,
+                        map_location: Union[str, Callable] = 'cpu',
+                        strict: bool = False,
+                        revise_keys: list = [(r'^module.', '')]) -> dict:
+        """``Runner.load_checkpoint``, reading the file with
+        :func:`~poolformer_mm.checkpoint.load_training_checkpoint`: plain
+        data and older checkpoints alike, nothing widened in torch's
+        allowlist, objects of the message hub built again.
+
+        Args:
+            filename (str): As for mmengine's ``Runner.load_checkpoint``.
+            map_location (str | callable): Where tensors go.
+                Defaults to 'cpu'.
+            strict (bool): Whether every model key must match.
+                Defaults to False.
+            revise_keys (list): ``(pattern, replacement)`` pairs applied to
+                the keys. Defaults to stripping ``module.``.
 
         Raises:
-            CheckpointError: The file is torn, not a checkpoint, or needs
-                globals outside the allowlist.
+            CheckpointError: The file is torn, not a checkpoint, or not
+                plain data.
         """
-        with safe_checkpoint_loading(filename):
-            return super().load_checkpoint(filename, *args, **kwargs)
+        checkpoint = load_training_checkpoint(filename, map_location)
+        # mmengine's Runner.load_checkpoint from here on.
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(
+            self.model) else self.model
+        checkpoint = _load_checkpoint_to_model(
+            model, checkpoint, strict, revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
+        return checkpoint
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        """Call the hooks as mmengine does; after every hook's
+        ``before_save_checkpoint``, turn the checkpoint about to be saved
+        into plain data (:func:`~poolformer_mm.checkpoint.to_plain`), which
+        torch's default weights-only loader reads in any process.
+
+        Raises:
+            TypeError: The checkpoint holds an object with no plain form;
+                the message says where.
+        """
+        super().call_hook(fn_name, **kwargs)
+        if fn_name == 'before_save_checkpoint':
+            checkpoint = kwargs['checkpoint']
+            for key, value in list(checkpoint.items()):
+                checkpoint[key] = to_plain(value, f'checkpoint[{key!r}]')
 
     def resume(self, filename: str, *args, **kwargs) -> None:
         """``Runner.resume``, then :func:`check_optimizer_state`, then the
@@ -153,6 +198,7 @@ class SafeRunner(Runner):
         only reseeds them)."""
         super().resume(filename, *args, **kwargs)
         check_optimizer_state(self, filename)
+        sync_sampler_seed(self)
         if restore_rng_states(self.message_hub.get_info(RNG_STATES)):
             self.logger.info('Restored the random generator states of the '
                              'checkpoint.')
@@ -189,6 +235,32 @@ class SafeRunner(Runner):
                                  f'complete checkpoint in {self.work_dir}.')
                 self._load_from = latest
         super().load_or_resume()
+
+
+def sync_sampler_seed(runner: Runner) -> None:
+    """Give the train sampler the seed the resumed run trained with.
+
+    A config without a fixed seed draws a new one at every start, and the
+    sampler is built with it before mmengine's ``resume`` restores the
+    checkpoint's: the resumed run would shuffle its epochs otherwise than
+    the run it continues, so a resumed epoch would train some samples twice
+    and others not. mmengine's samplers read ``seed`` at every pass.
+
+    Args:
+        runner (Runner): The runner that has just resumed.
+    """
+    loader = runner.train_loop.dataloader
+    sampler = getattr(loader, 'sampler', None)
+    samplers = [sampler, getattr(getattr(loader, 'batch_sampler', None),
+                                 'sampler', None)]
+    for sampler in samplers:
+        seed = getattr(sampler, 'seed', None)
+        if isinstance(seed, int) and seed != runner.seed:
+            print_log(
+                f'The train sampler shuffles with the checkpoint\'s seed '
+                f'{runner.seed} (it was built with {seed}).',
+                logger='current')
+            sampler.seed = runner.seed
 
 
 def restart_count() -> int:

@@ -147,7 +147,7 @@ class RunsCode:
 def test_framework_api_refuses_checkpoint_with_code(trained_demo, demo_data,
                                                     tmp_path):
     config, checkpoint, _ = trained_demo('retinanet')
-    from poolformer_mm.engine.safe_loading import load_training_checkpoint
+    from poolformer_mm.checkpoint import load_training_checkpoint
     evil = load_training_checkpoint(checkpoint)
     evil['meta']['payload'] = RunsCode()
     torch.save(evil, tmp_path / 'evil.pth')

@@ -24,7 +24,7 @@ def test_fixture_state_dict_is_the_models():
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
-    from poolformer_mm.engine.safe_loading import load_training_checkpoint
+    from poolformer_mm.checkpoint import load_training_checkpoint
     cfg = Config.fromfile(CONFIG)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -56,7 +56,7 @@ def test_resume_from_fixture(demo_data, tmp_path):
         f'test_evaluator.ann_file={root}annotations/instances_val.json')
     log = result.stdout + result.stderr
     assert 'resumed epoch: 1, iter: 4' in log, log[-3000:]
-    from poolformer_mm.engine.safe_loading import load_training_checkpoint
+    from poolformer_mm.checkpoint import load_training_checkpoint
     final = load_training_checkpoint(str(work / 'epoch_2.pth'))
     assert final['meta']['epoch'] == 2 and final['meta']['iter'] == 8
     assert all(
