@@ -13,8 +13,9 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class RecordSamples(Hook):
-    """Append ``{"iter", "rank", "ids"}`` (the batch's image ids) per
-    training iteration to ``<out_dir>/rank<R>.jsonl``."""
+    """Append ``{"iter", "rank", "ids", "flips"}`` (the batch's image ids
+    and whether each was flipped) per training iteration to
+    ``<out_dir>/rank<R>.jsonl``."""
 
     priority = 'VERY_HIGH'
 
@@ -26,8 +27,13 @@ class RecordSamples(Hook):
             sample.metainfo.get('img_id', sample.metainfo.get('img_path'))
             for sample in data_batch['data_samples']
         ]
+        flips = [
+            sample.metainfo.get('flip')
+            for sample in data_batch['data_samples']
+        ]
         record = dict(iter=runner.iter, batch_idx=batch_idx,
-                      epoch=runner.epoch, rank=runner.rank, ids=ids)
+                      epoch=runner.epoch, rank=runner.rank, ids=ids,
+                      flips=flips)
         path = os.path.join(self.out_dir, f'rank{runner.rank}.jsonl')
         with open(path, 'a') as f:
             f.write(json.dumps(record) + '\n')

@@ -43,4 +43,8 @@ optim_wrapper = dict(
 default_hooks = dict(
     checkpoint=dict(type='SafeCheckpointHook'),
     preemption=dict(type='PreemptionHook'))
-train_cfg = dict(type='ResumableEpochBasedTrainLoop')
+# EpochBasedTrainLoop that resumes mid-epoch (poolformer_mm), loading every
+# sample with random generators seeded from (seed, epoch, sample index): a
+# resumed run, and one with another num_workers, augments each sample as the
+# uninterrupted run does (False: the data-loader workers' generators).
+train_cfg = dict(type='ResumableEpochBasedTrainLoop', seed_per_sample=True)

@@ -48,9 +48,15 @@ param_scheduler = [
         by_epoch=False)
 ]
 # IterBasedTrainLoop that resumes without loading the batches done
-# (poolformer_mm).
+# (poolformer_mm), loading every sample with random generators seeded from
+# (seed, epoch, sample index): a resumed run, and one with another
+# num_workers, augments each sample as the uninterrupted run does (False:
+# the data-loader workers' generators).
 train_cfg = dict(
-    type='ResumableIterBasedTrainLoop', max_iters=40000, val_interval=4000)
+    type='ResumableIterBasedTrainLoop',
+    max_iters=40000,
+    val_interval=4000,
+    seed_per_sample=True)
 # CheckpointHook's options, with atomic writes (poolformer_mm); on SIGTERM or
 # SIGUSR1 (a scheduler's preemption) finish the iteration, write iter_N.pth
 # and exit with code 75, then --resume continues from there.

@@ -30,7 +30,7 @@ after a resume differ from those of an uninterrupted run.
 import copy
 import logging
 import random
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
@@ -42,18 +42,30 @@ from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
+from .sample_seeds import SampleSeededDataset, sample_seed
+
 RNG_STATES = 'rng_states'
 
 
 @DATA_SAMPLERS.register_module()
 class ResumableBatchSampler(BatchSampler):
-    """A batch sampler that can drop the first batches of its next pass.
+    """A batch sampler that can drop the first batches of its next pass,
+    and give every sample a seed of its own.
 
     Wraps the batch sampler a dataloader config names (or torch's
     ``BatchSampler`` when it names none) and yields its batches unchanged,
     except that after :meth:`skip_next_batches` the next pass draws that many
     batches from it and drops them. Only indices are drawn: no sample is
     loaded for a dropped batch.
+
+    With ``seed_samples`` each index comes as ``(index, seed)``, the seed
+    :func:`~poolformer_mm.engine.sample_seeds.sample_seed` of the sampler's
+    seed, the epoch and the index, for
+    :class:`~poolformer_mm.engine.sample_seeds.SampleSeededDataset`. The
+    epoch is the sampler's ``epoch`` (mmengine's ``DefaultSampler``: set by
+    ``DistSamplerSeedHook`` or the iteration-based loop), or for an
+    ``InfiniteSampler`` the pass through the data set that the index belongs
+    to in the sampler's stream, or else the number of passes made.
 
     Args:
         sampler (Sampler): The sampler, as mmengine passes it.
@@ -63,13 +75,19 @@ class ResumableBatchSampler(BatchSampler):
             object. Defaults to None: ``torch.utils.data.BatchSampler``.
         drop_last (bool): For the default batch sampler: drop the last,
             smaller batch. Defaults to False.
+        seed_samples (bool): Yield ``(index, seed)`` pairs.
+            Defaults to False.
+        seed (int, optional): The seed of the samples' seeds when the
+            sampler has no ``seed`` of its own. Defaults to None.
     """
 
     def __init__(self,
                  sampler: Sampler,
                  batch_size: int,
                  batch_sampler: Union[dict, BatchSampler, None] = None,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False,
+                 seed_samples: bool = False,
+                 seed: Optional[int] = None) -> None:
         if batch_sampler is None:
             batch_sampler = BatchSampler(sampler, batch_size, drop_last)
         elif isinstance(batch_sampler, dict):
@@ -82,7 +100,22 @@ class ResumableBatchSampler(BatchSampler):
         self.sampler = getattr(batch_sampler, 'sampler', sampler)
         self.batch_size = getattr(batch_sampler, 'batch_size', batch_size)
         self.drop_last = getattr(batch_sampler, 'drop_last', drop_last)
+        self.seed_samples = seed_samples
+        self.seed = seed
+        if seed_samples and self.samples_seed() is None:
+            raise ValueError(
+                'seed_samples needs a seed: the sampler has none, give '
+                '`seed`')
         self._skip = 0
+        self._passes = 0
+        # Indices drawn from an InfiniteSampler's stream since it started.
+        self._position = 0
+
+    def samples_seed(self) -> Optional[int]:
+        """The seed the samples' seeds derive from: the sampler's, else
+        ``seed``."""
+        seed = getattr(self.sampler, 'seed', None)
+        return seed if isinstance(seed, int) else self.seed
 
     def skip_next_batches(self, count: int) -> None:
         """Drop the first ``count`` batches of the next pass."""
@@ -90,35 +123,110 @@ class ResumableBatchSampler(BatchSampler):
             raise ValueError(f'count must be >= 0, not {count}')
         self._skip = count
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def restart(self) -> None:
+        """Forget the pass that an abandoned data-loader iterator began, so
+        that the next pass starts clean: an ``InfiniteSampler``'s stream
+        starts again from its beginning, and the half-filled aspect-ratio
+        buckets of MMDetection's ``AspectRatioBatchSampler`` are emptied.
+
+        A resumed iteration-based run needs it: mmengine's loop makes a
+        data-loader iterator when it is built, whose workers prefetch
+        batches at once (drawing them from the one stream of an
+        ``InfiniteSampler``, and leaving a full bucket behind, which the
+        next pass would never yield).
+        """
+        if isinstance(self.sampler, InfiniteSampler):
+            self.sampler.indices = self.sampler._indices_of_rank()
+        buckets = getattr(self.batch_sampler, '_aspect_ratio_buckets', None)
+        if isinstance(buckets, list):
+            self.batch_sampler._aspect_ratio_buckets = [[] for _ in buckets]
+        self._position = 0
+
+    def _epoch_of(self) -> Callable[[int], int]:
+        """The epoch of the sample at stream position ``p`` in this pass."""
+        sampler = self.sampler
+        if isinstance(sampler, InfiniteSampler):
+            world_size, rank, size = (sampler.world_size, sampler.rank,
+                                      max(sampler.size, 1))
+            return lambda p: (p * world_size + rank) // size
+        epoch = getattr(sampler, 'epoch', None)
+        if not isinstance(epoch, int):
+            epoch = self._passes
+        return lambda p: epoch
+
+    def __iter__(self) -> Iterator[list]:
         skip, self._skip = self._skip, 0
-        batches = iter(self.batch_sampler)
-        for _ in range(skip):
-            if next(batches, None) is None:
-                return
-        yield from batches
+        epoch_of = self._epoch_of() if self.seed_samples else None
+        self._passes += 1
+        for n, batch in enumerate(self.batch_sampler):
+            start = self._position
+            self._position += len(batch)
+            if n < skip:
+                continue
+            if epoch_of is None:
+                yield batch
+            else:
+                seed = self.samples_seed()
+                yield [(index, sample_seed(seed, epoch_of(start + k), index))
+                       for k, index in enumerate(batch)]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
 
-def resumable_dataloader_cfg(dataloader_cfg: dict) -> dict:
+def resumable_dataloader_cfg(dataloader_cfg: dict,
+                             seed: Optional[int] = None) -> dict:
     """A copy of a train dataloader config whose batch sampler is wrapped in
-    :class:`ResumableBatchSampler` (unchanged if it already is)."""
+    :class:`ResumableBatchSampler` (unchanged if it already is).
+
+    Args:
+        dataloader_cfg (dict): The config's ``train_dataloader``.
+        seed (int, optional): Give every sample a seed of its own derived
+            from this one: the batch sampler yields ``(index, seed)`` pairs
+            and the data set is wrapped in
+            :class:`~poolformer_mm.engine.sample_seeds.SampleSeededDataset`.
+            Defaults to None: no per-sample seeds.
+    """
     cfg = copy.deepcopy(dataloader_cfg)
     inner = cfg.pop('batch_sampler', None)
     if isinstance(inner, dict) and inner.get('type') in (
             'ResumableBatchSampler', ResumableBatchSampler):
-        cfg['batch_sampler'] = inner
-        return cfg
-    wrapper = dict(type=ResumableBatchSampler, batch_sampler=inner)
-    if inner is None:
-        # torch rejects drop_last next to a batch sampler: it moves into the
-        # default one. With a batch sampler of the config's own it stays
-        # where the config put it.
-        wrapper['drop_last'] = cfg.pop('drop_last', False)
+        wrapper = inner
+    else:
+        wrapper = dict(type=ResumableBatchSampler, batch_sampler=inner)
+        if inner is None:
+            # torch rejects drop_last next to a batch sampler: it moves into
+            # the default one. With a batch sampler of the config's own it
+            # stays where the config put it.
+            wrapper['drop_last'] = cfg.pop('drop_last', False)
+    if seed is not None:
+        wrapper.update(seed_samples=True, seed=seed)
+    # (A ConfigDict stores a copy of what it is given.)
     cfg['batch_sampler'] = wrapper
+    if seed is not None:
+        dataset = cfg.get('dataset')
+        if not (isinstance(dataset, dict) and dataset.get('type') in (
+                'SampleSeededDataset', SampleSeededDataset)):
+            cfg['dataset'] = dict(type=SampleSeededDataset, dataset=dataset)
     return cfg
+
+
+def _resumable(dataloader: Union[DataLoader, Dict], runner,
+               seed_per_sample: bool) -> Union[DataLoader, Dict]:
+    """The train dataloader (config) of a resumable loop: see
+    :func:`resumable_dataloader_cfg`; seeded per sample with the runner's
+    seed when ``seed_per_sample``."""
+    if isinstance(dataloader, dict):
+        return resumable_dataloader_cfg(
+            dataloader, runner.seed if seed_per_sample else None)
+    if seed_per_sample:
+        print_log(
+            'seed_per_sample: the train dataloader was given as an object, '
+            'not a config, so its samples draw from the data-loader '
+            "workers' generators (mmengine's behaviour).",
+            logger='current',
+            level=logging.WARNING)
+    return dataloader
 
 
 def _load_and_drop(batches: Iterator, done: int) -> Iterator:
@@ -150,13 +258,27 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     A dataloader given as a config gets a :class:`ResumableBatchSampler`, so
     the batches done are skipped by index. A dataloader given as an object
     is advanced by loading them (slower, same batches).
+
+    Args:
+        seed_per_sample (bool): Load every sample with the random generators
+            seeded from (seed, epoch, sample index)
+            (:mod:`~poolformer_mm.engine.sample_seeds`), so that a resumed
+            run, or the same run with another ``num_workers``, augments every
+            sample as the uninterrupted run does. False draws from the
+            data-loader workers' generators, as mmengine does.
+            Defaults to True.
+
+        The other arguments are those of ``EpochBasedTrainLoop``.
     """
 
-    def __init__(self, runner, dataloader: Union[DataLoader, Dict], *args,
+    def __init__(self,
+                 runner,
+                 dataloader: Union[DataLoader, Dict],
+                 *args,
+                 seed_per_sample: bool = True,
                  **kwargs) -> None:
-        if isinstance(dataloader, dict):
-            dataloader = resumable_dataloader_cfg(dataloader)
-        super().__init__(runner, dataloader, *args, **kwargs)
+        super().__init__(runner, _resumable(dataloader, runner,
+                                            seed_per_sample), *args, **kwargs)
 
     def batches_done_in_epoch(self) -> int:
         """Batches of the current epoch trained before a resume (0 at the
@@ -219,13 +341,22 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
     MMSegmentation configs) the batches are one stream; with another sampler
     the dataloader restarts every ``len(dataloader)`` batches with the next
     ``set_epoch``, as mmengine's does.
+
+    Args:
+        seed_per_sample (bool): As for :class:`ResumableEpochBasedTrainLoop`.
+            Defaults to True.
+
+        The other arguments are those of ``IterBasedTrainLoop``.
     """
 
-    def __init__(self, runner, dataloader: Union[DataLoader, Dict], *args,
+    def __init__(self,
+                 runner,
+                 dataloader: Union[DataLoader, Dict],
+                 *args,
+                 seed_per_sample: bool = True,
                  **kwargs) -> None:
-        if isinstance(dataloader, dict):
-            dataloader = resumable_dataloader_cfg(dataloader)
-        super().__init__(runner, dataloader, *args, **kwargs)
+        super().__init__(runner, _resumable(dataloader, runner,
+                                            seed_per_sample), *args, **kwargs)
 
     def run(self) -> torch.nn.Module:
         """Launch training: mmengine's loop, resumed by index."""
@@ -258,6 +389,7 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
             return
         sampler = batch_sampler.sampler
         passes, into_pass = 0, done
+        batch_sampler.restart()
         if not isinstance(sampler, InfiniteSampler):
             passes, into_pass = divmod(done, len(self.dataloader))
             if passes and hasattr(sampler, 'set_epoch'):

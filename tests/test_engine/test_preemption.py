@@ -9,12 +9,13 @@ epoch (6 of 8) and the last iteration before an epoch checkpoint (4). The
 hook ``SignalAt`` (tests/stop_hooks.py) sends SIGTERM at the end of that
 iteration, in 2 processes to one rank or both: the ranks must agree.
 
-Weights are compared bitwise: on the CPU with ``deterministic=True`` the
-runs are deterministic (the single-process runs draw random flips in the
-main process, whose generator states the checkpoints carry; the
-two-process runs load with a persistent worker each and no random
-augmentation, whose generators in the workers are not part of a
-checkpoint).
+Every run flips images at random. Weights are compared bitwise: on the CPU
+with ``deterministic=True`` the runs are deterministic, and each sample is
+loaded under its own seed of (seed, epoch, index) (the loops'
+``seed_per_sample``), whichever process loads it: the single-process runs
+load in the main process, the two-process runs with a persistent worker
+each, and ``test_workers_draw_what_the_main_process_draws`` with two
+workers, persistent or not.
 
 Single-process runs train in this process; the 2-process runs and the runs
 that die by SIGKILL in processes forked from it (the frameworks are imported
@@ -51,25 +52,29 @@ STOPS = {
 }
 
 # One image a batch in each of 2 processes, loaded by a persistent worker.
-TWO_PROCESS_LOADING = ('train_dataloader.update(batch_size=1, num_workers=1, '
-                       'persistent_workers=True)\n')
+TWO_PROCESS_LOADING = dict(
+    batch_size=1, num_workers=1, persistent_workers=True)
 
 
-def tiny_config(path, demo_data, processes, records, hooks=()):
-    """The tiny config, recording each batch's sample ids into
-    ``records``."""
+def tiny_config(path, demo_data, processes, records, hooks=(), loading=None):
+    """The tiny config with a random flip, recording each batch's sample
+    ids and flips into ``records``; ``loading`` updates
+    ``train_dataloader`` (default: in the main process for 1 process,
+    :data:`TWO_PROCESS_LOADING` for 2)."""
     os.makedirs(records, exist_ok=True)
     custom_hooks = [dict(type='RecordSamples', out_dir=str(records))]
     custom_hooks += list(hooks)
     extra = f'custom_hooks = {custom_hooks!r}\n'
-    if processes == 2:
-        extra += TWO_PROCESS_LOADING
+    if loading is None and processes == 2:
+        loading = TWO_PROCESS_LOADING
+    if loading:
+        extra += f'train_dataloader.update({loading!r})\n'
     return write_tiny_config(
         path,
         demo_data,
         EPOCHS,
         imports=('poolformer_mm', 'stop_hooks'),
-        flip=processes == 1,
+        flip=True,
         small_model=True,
         extra=extra)
 
@@ -147,7 +152,7 @@ def read_records(records):
     for name in sorted(os.listdir(records)):
         rank = int(name[len('rank'):-len('.jsonl')])
         with open(osp.join(records, name)) as f:
-            out[rank] = [(r['iter'], r['batch_idx'], r['ids'])
+            out[rank] = [(r['iter'], r['batch_idx'], r['ids'], r['flips'])
                          for r in map(json.loads, f)]
     return out
 
@@ -165,7 +170,7 @@ def assert_every_sample_once_per_epoch(records, processes):
         first = epoch * ITERS_PER_EPOCH
         ids = sorted(
             i for rank_records in records.values()
-            for it, _, batch in rank_records
+            for it, _, batch, _ in rank_records
             if first <= it < first + ITERS_PER_EPOCH for i in batch)
         assert ids == list(range(8)), (epoch, ids)
 
@@ -232,6 +237,27 @@ def test_stop_on_signal_then_resume_equals_uninterrupted(
     assert sorted(p.name for p in work.glob('*.pth')) == [
         'epoch_1.pth', 'epoch_2.pth'
     ]
+
+
+@pytest.mark.parametrize('persistent', [True, False])
+def test_workers_draw_what_the_main_process_draws(persistent, uninterrupted,
+                                                  demo_data, tmp_path):
+    """Two data-loader workers, persistent or not, stopped in the middle of
+    epoch 2 and resumed: the batches, their flips and the final weights are
+    those of the uninterrupted run that loads in the main process."""
+    reference, expected_records = uninterrupted[1]
+    loading = dict(num_workers=2, persistent_workers=persistent)
+    stopping = tiny_config(tmp_path / 'stopping.py', demo_data, 1,
+                           tmp_path / 'records', [dict(type='SignalAt', at=6)],
+                           loading)
+    resuming = tiny_config(tmp_path / 'resuming.py', demo_data, 1,
+                           tmp_path / 'records', loading=loading)
+    work = tmp_path / 'work'
+    assert train(stopping, work) == PREEMPTED_EXIT_CODE
+    assert train(resuming, work, resume=True) == 0
+    assert read_records(tmp_path / 'records') == expected_records
+    assert_same_weights(work / f'epoch_{EPOCHS}.pth',
+                        reference / f'epoch_{EPOCHS}.pth')
 
 
 def test_signal_during_checkpoint_write(uninterrupted, demo_data, tmp_path):
@@ -506,18 +532,24 @@ train_dataloader.update(sampler=dict(type='InfiniteSampler', shuffle=True))
 '''
 
 
-@pytest.mark.parametrize('sampler', ['default', 'infinite'])
-def test_iteration_based_stop_then_resume(sampler, demo_data, tmp_path,
-                                          capsys):
+@pytest.mark.parametrize('sampler,workers', [('default', 0), ('infinite', 0),
+                                             ('infinite', 2)])
+def test_iteration_based_stop_then_resume(sampler, workers, demo_data,
+                                          tmp_path, capsys):
     """Stopped after iteration 6 (in the second pass of the default
-    sampler), resumed without loading the 6 batches done: the same batches
-    and weights as the uninterrupted run."""
+    sampler), resumed without loading the 6 batches done: the same batches,
+    flips and weights as the uninterrupted run. With persistent workers the
+    data-loader iterator that the loop makes when it is built has already
+    drawn batches from the infinite sampler's stream when the resumed run
+    skips into it."""
     extra = ITER_BASED + (INFINITE_SAMPLER if sampler == 'infinite' else '')
+    loading = dict(num_workers=workers, persistent_workers=bool(workers))
 
     def config(name, records, hooks=()):
         hooks = [dict(type='RecordSamples', out_dir=str(records))] + list(
             hooks)
-        path = tiny_config(tmp_path / name, demo_data, 1, records)
+        path = tiny_config(tmp_path / name, demo_data, 1, records,
+                           loading=loading)
         with open(path, 'a') as f:
             f.write(extra + f'custom_hooks = {hooks!r}\n')
         return path
