@@ -1,0 +1,94 @@
+"""Guards of what must not change silently: the state-dict layout of every
+arch under every execution path, and what every config under ``configs/``
+resolves to.
+
+The snapshots in ``tests/snapshots/`` were written by this file
+(``python tests/test_guards.py --write``). Write them again only with a
+change that means to change a layout or a config, and say so in its commit.
+"""
+import glob
+import json
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SNAPSHOTS = osp.join(ROOT, 'tests', 'snapshots')
+STATE_DICTS = osp.join(SNAPSHOTS, 'state_dict_keys.json')
+CONFIGS = osp.join(SNAPSHOTS, 'configs.json')
+IMPLS = ('reference', 'auto', 'deploy')
+
+
+def archs():
+    from poolformer_mm import MetaFormer, PoolFormer
+    return ([('PoolFormer', a) for a in sorted(PoolFormer.arch_settings)] +
+            [('MetaFormer', a) for a in sorted(MetaFormer.arch_settings)])
+
+
+def layout(cls_name, arch, impl):
+    """[name, shape] of every state-dict entry, in order (built on the meta
+    device: no memory, no time)."""
+    import poolformer_mm
+    cls = getattr(poolformer_mm, cls_name)
+    with torch.device('meta'):
+        model = cls(arch, impl=impl)
+    return [[k, list(v.shape)] for k, v in model.state_dict().items()]
+
+
+def config_files():
+    return sorted(
+        osp.relpath(p, ROOT)
+        for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'),
+                           recursive=True))
+
+
+def resolved(path):
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(ROOT, path)).to_dict()
+    return json.loads(json.dumps(cfg, sort_keys=True, default=repr))
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize('cls_name,arch', archs())
+def test_state_dict_layout_is_the_snapshot(cls_name, arch):
+    expected = _read(STATE_DICTS)[f'{cls_name}/{arch}']
+    for impl in IMPLS:
+        assert layout(cls_name, arch, impl) == expected, (arch, impl)
+
+
+def test_every_arch_has_a_snapshot():
+    assert sorted(_read(STATE_DICTS)) == sorted(f'{c}/{a}' for c, a in archs())
+
+
+def test_configs_resolve_as_the_snapshot():
+    expected = _read(CONFIGS)
+    assert sorted(expected) == config_files()
+    for path in config_files():
+        assert resolved(path) == expected[path], path
+
+
+def write():
+    layouts = {
+        f'{c}/{a}': layout(c, a, 'reference')
+        for c, a in archs()
+    }
+    with open(STATE_DICTS, 'w') as f:
+        f.write('{\n' + ',\n'.join(
+            f'{json.dumps(k)}: {json.dumps(v, separators=(",", ":"))}'
+            for k, v in layouts.items()) + '\n}\n')
+    with open(CONFIGS, 'w') as f:
+        json.dump({p: resolved(p) for p in config_files()}, f, indent=1,
+                  sort_keys=True)
+        f.write('\n')
+
+
+if __name__ == '__main__':
+    if sys.argv[1:] != ['--write']:
+        sys.exit('usage: python tests/test_guards.py --write')
+    write()
