@@ -15,7 +15,7 @@ package's by ``poolformer_mm::<folder>/<file>``
 """
 from . import engine  # noqa: F401  (registers the training runtime)
 from .models import MetaFormer, PoolFormer
-from .registry import config_dir
+from .config_package import config_dir
 from .version import __version__
 
 __all__ = ['MetaFormer', 'PoolFormer', '__version__', 'config_dir']

@@ -21,9 +21,10 @@ from collections import OrderedDict
 import torch
 
 from poolformer_mm.checkpoint import read_checkpoint
+from poolformer_mm.checkpoint.naming import (FORMATS,
+                                             convert_backbone_state_dict,
+                                             unwrap_state_dict)
 from poolformer_mm.errors import CheckpointError
-from poolformer_mm.pretrained import (FORMATS, convert_backbone_state_dict,
-                                      unwrap_state_dict)
 
 
 def parse_args(argv=None):

@@ -75,7 +75,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from poolformer_mm.engine.tool_config import build_model, load_config
+from poolformer_mm.apis.runs import build_model, load_config
 
 # Configs under this checkout are recorded by their relative path.
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

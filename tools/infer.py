@@ -49,7 +49,7 @@ from mmengine.utils import ProgressBar
 
 from poolformer_mm.checkpoint import from_plain
 from poolformer_mm.engine.hooks import switch_model_to_deploy
-from poolformer_mm.engine.tool_config import load_config
+from poolformer_mm.apis.runs import load_config
 from poolformer_mm.pretrained import (CheckpointError,
                                       convert_backbone_state_dict,
                                       read_checkpoint, unwrap_state_dict)

@@ -11,12 +11,12 @@ Example:
 """
 import argparse
 import os
-import os.path as osp
+import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
-from poolformer_mm.engine.distributed import close_distributed
-from poolformer_mm.engine.tool_config import build_runner, load_config
+from poolformer_mm.apis.runs import test
+from poolformer_mm.errors import CheckpointError, InputError
 
 
 def parse_args(argv=None):
@@ -64,66 +64,14 @@ def parse_args(argv=None):
     return args
 
 
-def enable_visualization(cfg: Config, args) -> None:
-    hooks = cfg.default_hooks
-    if 'visualization' not in hooks:
-        raise RuntimeError(
-            '--show/--show-dir need default_hooks.visualization '
-            '(DetVisualizationHook or SegVisualizationHook) in the config')
-    hooks.visualization.draw = True
-    if args.show:
-        hooks.visualization.show = True
-        hooks.visualization.wait_time = args.wait_time
-    if args.show_dir:
-        if cfg.default_scope == 'mmdet':
-            hooks.visualization.test_out_dir = args.show_dir
-        else:
-            # MMSegmentation's visualizer writes to save_dir as given, i.e.
-            # relative to the current directory; keep it in the work dir as
-            # MMDetection does.
-            cfg.visualizer.save_dir = osp.join(cfg.work_dir, args.show_dir)
-            hooks.visualization.interval = 1
-
-
-def enable_tta(cfg: Config) -> None:
-    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-        raise RuntimeError(
-            f'--tta: the config defines no tta_model / tta_pipeline '
-            f'({cfg.filename})')
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    cfg.tta_model.module = cfg.model
-    cfg.model = cfg.tta_model
-
-
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options, args.launcher,
-                      args.work_dir)
-    cfg.load_from = args.checkpoint
-    if args.show or args.show_dir:
-        enable_visualization(cfg, args)
-    if args.tta:
-        enable_tta(cfg)
-    if args.out is not None and cfg.default_scope == 'mmseg':
-        cfg.test_evaluator['output_dir'] = args.out
-        cfg.test_evaluator['keep_results'] = True
-    if args.deploy:
-        # Registered by poolformer_mm.engine; switches after the checkpoint
-        # is loaded.
-        cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
-            dict(type='SwitchToDeployHook')
-        ]
-    runner = build_runner(cfg)
-    if args.out is not None and cfg.default_scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError(
-                f'--out must be a .pkl or .pickle file, got {args.out!r}')
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=args.out))
-    metrics = runner.test()
-    close_distributed()
-    return metrics
+    try:
+        return test(args.config, args.checkpoint, args.work_dir,
+                    args.cfg_options, args.out, args.show, args.show_dir,
+                    args.wait_time, args.tta, args.deploy, args.launcher)
+    except (InputError, CheckpointError) as exc:
+        sys.exit('error: ' + str(exc).replace('\n', ' '))
 
 
 if __name__ == '__main__':

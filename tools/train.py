@@ -9,13 +9,12 @@ Example:
 """
 import argparse
 import os
+import sys
 
 from mmengine.config import DictAction
 
-from poolformer_mm.engine.distributed import close_distributed
-from poolformer_mm.engine.tool_config import (build_runner, enable_amp,
-                                              enable_auto_scale_lr,
-                                              load_config, set_resume)
+from poolformer_mm.apis.runs import train
+from poolformer_mm.errors import InputError
 
 
 def parse_args(argv=None):
@@ -59,16 +58,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options, args.launcher,
-                      args.work_dir)
-    if args.amp:
-        enable_amp(cfg)
-    if args.auto_scale_lr:
-        enable_auto_scale_lr(cfg)
-    set_resume(cfg, args.resume)
-    runner = build_runner(cfg)
-    runner.train()
-    close_distributed()
+    try:
+        train(args.config, args.work_dir, args.cfg_options, args.amp,
+              args.auto_scale_lr, args.resume, args.launcher)
+    except InputError as exc:
+        sys.exit(f'error: {exc}')
 
 
 if __name__ == '__main__':

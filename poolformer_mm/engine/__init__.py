@@ -18,7 +18,6 @@ MMDetection's and MMSegmentation's fall back to. Modules:
 - :mod:`.distributed`: :class:`CPUDistributedDataParallel` and the gloo
   process group;
 - :mod:`.optim_wrapper`: :class:`AutocastOptimWrapper`;
-- :mod:`.tool_config`: what ``tools/train.py`` and ``tools/test.py`` share.
 """
 from ..checkpoint import load_training_checkpoint
 from .distributed import CPUDistributedDataParallel, init_cpu_process_group

@@ -30,7 +30,6 @@ import threading
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn as nn
 from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
@@ -38,6 +37,7 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
+from ..models.execution import switch_model_to_deploy
 from .distributed import close_distributed
 from .loops import (RNG_STATES, ResumableEpochBasedTrainLoop,
                     capture_rng_states)
@@ -206,36 +206,6 @@ class SafeCheckpointHook(CheckpointHook):
             osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
         for name in superseded:
             self._remove(name)
-
-
-def switch_model_to_deploy(model: nn.Module) -> List[str]:
-    """Call ``switch_to_deploy()`` on every outermost submodule of ``model``
-    (``model`` included) that has it.
-
-    Args:
-        model (nn.Module): A detector, segmentor or backbone.
-
-    Returns:
-        list[str]: Names of the switched modules ('' for ``model``).
-
-    Raises:
-        RuntimeError: No module has ``switch_to_deploy``.
-    """
-    switched: List[str] = []
-    for name, module in model.named_modules():
-        if any(name == s or name.startswith(s + '.') for s in switched if s):
-            continue
-        if '' in switched:
-            break
-        if callable(getattr(module, 'switch_to_deploy', None)):
-            module.switch_to_deploy()
-            switched.append(name)
-    if not switched:
-        raise RuntimeError(
-            f'No module of {type(model).__name__} has switch_to_deploy(); '
-            '--deploy needs a backbone with an inference fast path, such as '
-            'PoolFormer')
-    return switched
 
 
 @HOOKS.register_module()

@@ -9,8 +9,11 @@ method of mmengine's ``Runner`` that it overrides:
 
 - ``load_checkpoint`` (``load_from``; ``resume`` loads through it): reads
   the file with :func:`~poolformer_mm.checkpoint.load_training_checkpoint`
-  (plain data, or older checkpoints through validating stand-ins), and
-  names it when it is torn or not data;
+  (plain data, or older checkpoints through validating stand-ins), names it
+  when it is torn or not data, and fits it under the package's one policy
+  (:mod:`poolformer_mm.checkpoint.fitting`): a checkpoint of another model
+  is refused, except by a training's ``load_from``, which may fine-tune
+  from other heads;
 - ``call_hook``: a checkpoint about to be saved becomes plain data after
   the hooks' ``before_save_checkpoint``, so torch's default weights-only
   loader reads it in any process, with nothing added to its allowlist;
@@ -25,7 +28,8 @@ method of mmengine's ``Runner`` that it overrides:
   Slurm started again resumes by itself;
 - ``from_cfg``: settings that a config inherits through
   ``_base_ = ['poolformer_mm::...']`` are built in the config's
-  ``default_scope`` (:func:`~poolformer_mm.registry.resolve_package_scope`);
+  ``default_scope``
+  (:func:`~poolformer_mm.config_package.resolve_package_scope`);
 - ``setup_env`` and ``wrap_model``: without an accelerator, a multi-process
   run opens a gloo process group and wraps the model with
   :class:`~poolformer_mm.engine.CPUDistributedDataParallel` (see
@@ -37,6 +41,7 @@ import os
 import os.path as osp
 import re
 import zipfile
+from collections import OrderedDict
 from typing import Callable, List, Optional, Union
 
 import torch
@@ -46,11 +51,11 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from ..checkpoint import load_training_checkpoint, to_plain
+from ..checkpoint import (load_training_checkpoint, load_weights, to_plain,
+                          weights_from_checkpoint)
 from ..errors import CheckpointError
-from ..registry import resolve_package_scope
+from ..config_package import resolve_package_scope
 from .distributed import (cpu_model_wrapper_cfg, elastic_store_kwargs,
                           init_cpu_process_group)
 from .loops import RNG_STATES, restore_rng_states
@@ -73,7 +78,7 @@ class SafeRunner(Runner):
     @classmethod
     def from_cfg(cls, cfg) -> 'SafeRunner':
         """``Runner.from_cfg`` after
-        :func:`~poolformer_mm.registry.resolve_package_scope`."""
+        :func:`~poolformer_mm.config_package.resolve_package_scope`."""
         return super().from_cfg(resolve_package_scope(cfg))
 
     def _on_cpu_processes(self) -> bool:
@@ -141,36 +146,59 @@ class SafeRunner(Runner):
             model_wrapper_cfg = cpu_cfg
         return super().wrap_model(model_wrapper_cfg, model)
 
+    # A training's load_from may fit partially (fine-tuning from a model
+    # with other heads); tools/test.py's and a resume's checkpoint must fit.
+    _fine_tuning = False
+
+    def train(self) -> torch.nn.Module:
+        """``Runner.train``; its ``load_from`` may fit the model partially
+        (see :meth:`load_checkpoint`)."""
+        self._fine_tuning = True
+        try:
+            return super().train()
+        finally:
+            self._fine_tuning = False
+
     def load_checkpoint(self,
                         filename: str,
                         map_location: Union[str, Callable] = 'cpu',
                         strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]) -> dict:
         """``Runner.load_checkpoint``, reading the file with
-        :func:`~poolformer_mm.checkpoint.load_training_checkpoint`: plain
+        :func:`~poolformer_mm.checkpoint.load_training_checkpoint` (plain
         data and older checkpoints alike, nothing widened in torch's
-        allowlist, objects of the message hub built again.
+        allowlist) and fitting it under the package's one policy
+        (:mod:`poolformer_mm.checkpoint.fitting`): the checkpoint must fit
+        the model, tensor for tensor, for ``tools/test.py`` and for a
+        resume; a training's ``load_from`` loads what fits and warns about
+        the rest (fine-tuning from other heads), unless ``strict``.
 
         Args:
             filename (str): As for mmengine's ``Runner.load_checkpoint``.
             map_location (str | callable): Where tensors go.
                 Defaults to 'cpu'.
-            strict (bool): Whether every model key must match.
-                Defaults to False.
+            strict (bool): Refuse a partial fit also for a training's
+                ``load_from``. Defaults to False.
             revise_keys (list): ``(pattern, replacement)`` pairs applied to
                 the keys. Defaults to stripping ``module.``.
 
         Raises:
-            CheckpointError: The file is torn, not a checkpoint, or not
-                plain data.
+            CheckpointError: The file is torn, not a checkpoint, not plain
+                data, or does not fit the model.
         """
         checkpoint = load_training_checkpoint(filename, map_location)
-        # mmengine's Runner.load_checkpoint from here on.
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(
             self.model) else self.model
-        checkpoint = _load_checkpoint_to_model(
-            model, checkpoint, strict, revise_keys=revise_keys)
+        state_dict = checkpoint.get('state_dict', checkpoint)
+        for pattern, replacement in revise_keys:
+            state_dict = OrderedDict(
+                (re.sub(pattern, replacement, k), v)
+                for k, v in state_dict.items())
+        weights = weights_from_checkpoint(
+            dict(state_dict=state_dict, meta=checkpoint.get('meta', {})),
+            str(filename))
+        load_weights(model, weights, partial=self._fine_tuning and not strict)
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
@@ -192,11 +220,17 @@ class SafeRunner(Runner):
                 checkpoint[key] = to_plain(value, f'checkpoint[{key!r}]')
 
     def resume(self, filename: str, *args, **kwargs) -> None:
-        """``Runner.resume``, then :func:`check_optimizer_state`, then the
-        random generator states the checkpoint holds for this process
+        """``Runner.resume`` (the checkpoint must fit the model), then
+        :func:`check_optimizer_state`, the sampler's seed
+        (:func:`sync_sampler_seed`), then the random generator states the
+        checkpoint holds for this process
         (:func:`~poolformer_mm.engine.loops.restore_rng_states`; mmengine
         only reseeds them)."""
-        super().resume(filename, *args, **kwargs)
+        fine_tuning, self._fine_tuning = self._fine_tuning, False
+        try:
+            super().resume(filename, *args, **kwargs)
+        finally:
+            self._fine_tuning = fine_tuning
         check_optimizer_state(self, filename)
         sync_sampler_seed(self)
         if restore_rng_states(self.message_hub.get_info(RNG_STATES)):

@@ -10,7 +10,7 @@ from mmengine.registry import init_default_scope
 
 from conftest import CONFIGS, run_tool
 from poolformer_mm.engine import AutocastOptimWrapper
-from poolformer_mm.engine.tool_config import enable_amp, load_config
+from poolformer_mm.apis.runs import enable_amp, load_config
 from tiny_demo import assert_finite_losses, write_tiny_config
 
 

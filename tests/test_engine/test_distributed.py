@@ -12,7 +12,7 @@ from mmengine.config import Config
 
 from conftest import CONFIGS, ROOT, TOOLS, free_port
 from poolformer_mm.engine import SafeRunner
-from poolformer_mm.engine.tool_config import load_config
+from poolformer_mm.apis.runs import load_config
 from tiny_demo import assert_finite_losses, write_tiny_config
 
 # Imported by every training process through custom_imports: each rank saves

@@ -34,10 +34,9 @@ import pytest
 import torch
 
 from conftest import ROOT, TOOLS, free_port
+from poolformer_mm.apis.runs import build_runner, load_config, set_resume
 from poolformer_mm.engine import PREEMPTED_EXIT_CODE
 from poolformer_mm.engine.runner import checkpoint_is_complete
-from poolformer_mm.engine.tool_config import (build_runner, load_config,
-                                              set_resume)
 from tiny_demo import state_dict, write_tiny_config
 
 TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))

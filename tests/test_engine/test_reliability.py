@@ -24,11 +24,12 @@ from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapper
 from mmengine.registry import DefaultScope
 
-from conftest import ROOT, TOOLS, load_tool, run_tool
+from conftest import ROOT, TOOLS, run_tool
 from poolformer_mm.engine.hooks import PART_SUFFIX
 from poolformer_mm.engine.runner import (SafeRunner, check_optimizer_state,
                                          checkpoint_is_complete,
                                          find_resumable_checkpoint)
+from poolformer_mm.apis import train
 from poolformer_mm.checkpoint import (from_plain, load_training_checkpoint,
                                       to_plain)
 from poolformer_mm.errors import CheckpointError
@@ -51,13 +52,10 @@ def reference(demo_data, tmp_path_factory):
     config = write_tiny_config(tmp / 'tiny.py', demo_data, EPOCHS,
                                small_model=True)
     work = tmp / 'work'
-    # tools/train.py in this process; a runner of its own name (mmengine's
-    # visualizer is a named singleton).
-    load_tool('train.py').main([
-        config, '--work-dir',
-        str(work), '--cfg-options', 'experiment_name=reliability_reference',
-        'visualizer.name=reliability_reference'
-    ])
+    # What tools/train.py runs, in this process; a runner of its own name
+    # (mmengine's visualizer is a named singleton).
+    train(config, str(work), {'experiment_name': 'reliability_reference',
+                              'visualizer.name': 'reliability_reference'})
     assert (work / 'last_checkpoint').read_text() == str(work /
                                                          f'epoch_{EPOCHS}.pth')
     return work

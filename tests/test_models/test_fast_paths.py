@@ -309,12 +309,18 @@ def test_deploy_from_config(scope):
 
 
 def test_switch_model_to_deploy():
-    from poolformer_mm.engine.hooks import switch_model_to_deploy
+    from poolformer_mm.errors import InputError
+    from poolformer_mm.models.execution import (switch_impl,
+                                                switch_model_to_deploy)
     detector = nn.ModuleDict(dict(backbone=PoolFormer('s12'),
                                   neck=nn.Conv2d(3, 3, 1)))
     assert switch_model_to_deploy(detector) == ['backbone']
     assert detector.backbone.deploy
-    with pytest.raises(RuntimeError, match='switch_to_deploy'):
+    assert switch_impl(detector, 'reference') == ['backbone']
+    assert detector.backbone.impl == 'reference'
+    with pytest.raises(InputError, match="Conv2d holds no PoolFormer or "
+                       "MetaFormer backbone, so there is no execution path to "
+                       "switch to 'deploy'"):
         switch_model_to_deploy(nn.Conv2d(3, 3, 1))
 
 

@@ -99,7 +99,7 @@ from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config, DictAction
 from mmengine.logging import MMLogger
 
-from poolformer_mm.engine.tool_config import build_model, load_config
+from poolformer_mm.apis.runs import build_model, load_config
 
 # One pixel at the backbone's stride-32 output.
 MIN_SIZE = 32

@@ -68,7 +68,7 @@ from mmengine.logging import MMLogger
 from mmengine.registry import MODELS
 
 from poolformer_mm import MetaFormer, PoolFormer
-from poolformer_mm.engine.tool_config import load_config
+from poolformer_mm.apis.runs import load_config
 from poolformer_mm.pretrained import CheckpointError, load_pretrained
 
 BACKBONES = ('PoolFormer', 'MetaFormer')

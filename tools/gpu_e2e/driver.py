@@ -11,8 +11,9 @@ schedule, image sizes, batch per GPU); a generated config per run only points
 them at the demo data and its classes, turns ImageNet weights off (nothing
 can be downloaded offline) and logs every iteration unsmoothed.
 
-The runs share one process (the frameworks are imported once): the tools'
-``main`` functions are called as their command lines would be.
+The runs share one process (the frameworks are imported once): they call
+:func:`poolformer_mm.apis.train` and :func:`poolformer_mm.apis.test`, what
+``tools/train.py`` and ``tools/test.py`` run.
 
 Prints one table last: per config and precision, how many losses were
 finite, the median iteration time (after the first ``--warmup``), the peak
@@ -27,7 +28,6 @@ Example:
 import argparse
 import functools
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -121,15 +121,6 @@ log_processor = dict(window_size=1)
 '''
 
 
-def load_tool(script):
-    path = osp.join(ROOT, 'tools', script)
-    spec = importlib.util.spec_from_file_location(
-        osp.splitext(osp.basename(script))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @functools.lru_cache(maxsize=None)
 def batch_size(base, out_dir):
     """The base config's images per GPU (read once per base: each precision
@@ -206,30 +197,28 @@ def count_predictions(out_path, task):
         return len(pickle.load(f))
 
 
-def run_one(name, precision, args, train_tool, test_tool):
+def run_one(name, precision, args):
     task = MODELS[name][0]
     run = f'{name}_{precision}'
     work_dir = osp.join(args.out, run)
     config = write_config(name, args.data, args.iters, args.test_images,
                           osp.join(args.out, 'configs'))
-    unique = [f'experiment_name={run}', f'visualizer.name={run}',
-              f'randomness.seed={args.seed}']
+    from poolformer_mm.apis.runs import test, train
+    unique = {'experiment_name': run, 'visualizer.name': run,
+              'randomness.seed': args.seed}
     result = dict(run=run, model=name, task=task, precision=precision,
                   config=config)
     start = time.perf_counter()
     try:
-        train_tool.main([config, '--work-dir', work_dir, '--cfg-options'] +
-                        unique + (['--amp'] if precision == 'amp' else []))
+        train(config, work_dir, unique, amp=precision == 'amp')
         result.update(summarize(read_scalars(work_dir), args.warmup))
         with open(osp.join(work_dir, 'last_checkpoint')) as f:
             checkpoint = f.read().strip()
         out = osp.join(work_dir, 'preds' if task == 'sem_fpn' else
                        'preds.pkl')
-        metrics = test_tool.main([
-            config, checkpoint, '--work-dir', work_dir, '--out', out,
-            '--cfg-options', f'experiment_name={run}_test',
-            f'visualizer.name={run}_test'
-        ])
+        metrics = test(config, checkpoint, work_dir,
+                       {'experiment_name': f'{run}_test',
+                        'visualizer.name': f'{run}_test'}, out=out)
         result['predictions'] = count_predictions(out, task)
         result['metrics'] = {k: float(v) for k, v in (metrics or {}).items()
                              if isinstance(v, (int, float))}
@@ -307,15 +296,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    train_tool = load_tool('train.py')
-    test_tool = load_tool('test.py')
     results = []
     for name in args.models:
         for precision in args.precisions:
             print(f'[gpu_e2e] {name} {precision}', file=sys.stderr,
                   flush=True)
-            results.append(run_one(name, precision, args, train_tool,
-                                   test_tool))
+            results.append(run_one(name, precision, args))
     with open(osp.join(args.out, 'summary.json'), 'w') as f:
         json.dump(results, f, indent=1)
     print(table(results))

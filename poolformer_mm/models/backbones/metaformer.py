@@ -35,8 +35,8 @@ from mmengine.model.weight_init import trunc_normal_init
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...pretrained import init_weights
-from ...registry import register_backbone
+from ...checkpoint.fitting import init_weights
+from ..registration import register_backbone
 
 
 def _fp32(x: Tensor, *params: Optional[Tensor]) -> List[Optional[Tensor]]:
@@ -661,9 +661,10 @@ class BaseMetaFormer(BaseModule):
 
     def init_weights(self) -> None:
         """Apply ``init_cfg``; ``Pretrained`` entries go through this
-        package's loader (:func:`~poolformer_mm.pretrained.init_weights`),
-        which reads every public naming and fails on weights that do not
-        fit. Without ``init_cfg`` the constructor's initialisation stays."""
+        package's loader
+        (:func:`~poolformer_mm.checkpoint.fitting.init_weights`), which
+        reads every public naming and fails on weights that do not fit.
+        Without ``init_cfg`` the constructor's initialisation stays."""
         init_weights(self, super().init_weights)
 
     def _freeze_stages(self) -> None:

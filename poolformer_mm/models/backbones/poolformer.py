@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from mmengine.model.weight_init import trunc_normal_init
 
-from ...registry import register_backbone
+from ..registration import register_backbone
 from .metaformer import BaseMetaFormer, complete_spec
 
 _ARCH_KEYS = ('layers', 'embed_dims', 'mlp_ratios', 'layer_scale_init_value')
