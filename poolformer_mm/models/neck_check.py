@@ -1,4 +1,5 @@
-"""The build-time check that a model's neck takes what its backbone emits.
+"""The build-time check that a model's neck (or, without one, its heads)
+takes what its backbone emits.
 
 A detector or segmentor whose neck expects other channels than this
 package's backbone emits fails when it is built, with both lists in the
@@ -19,36 +20,63 @@ BACKBONES: Set[Type] = set()
 _CHECKED = '_poolformer_mm_checks_necks'
 
 
-def check_neck_channels(model: nn.Module) -> None:
-    """Raise if ``model.neck`` expects other channels than ``model.backbone``
-    (one of this package's backbones) emits.
+def _mismatch(model: nn.Module, backbone: nn.Module, part: str,
+              takes: object, emits: object, where: str) -> ValueError:
+    key = part.split(' ')[0]
+    return ValueError(
+        f'{type(model).__name__}: the {part} has in_channels={takes} but the '
+        f'backbone ({type(backbone).__name__}, arch '
+        f'{getattr(backbone, "arch_name", "?")!r}, out_indices='
+        f'{tuple(backbone.out_indices)}) emits {where}{emits}: one entry per '
+        f'backbone output it reads, in order. Set model.{key}.in_channels='
+        f'{emits} or change model.backbone.out_indices / arch.')
 
-    Models without a neck, other backbones, and necks whose ``in_channels``
-    is not a list (e.g. a single int) are not checked.
+
+def check_neck_channels(model: nn.Module) -> None:
+    """Raise if what takes the features of ``model.backbone`` (one of this
+    package's backbones) expects other channels than it emits: the neck, or
+    without a neck (UperNet) the decode and auxiliary heads, whose
+    ``in_index`` picks the backbone outputs they read.
+
+    Models with other backbones, and parts whose ``in_channels`` is not a
+    list (or, for a head, an int with an int ``in_index``), are not checked.
 
     Raises:
         ValueError: Names both channel lists and the backbone settings.
     """
     backbone = getattr(model, 'backbone', None)
-    neck = getattr(model, 'neck', None)
-    if neck is None or not isinstance(backbone, tuple(BACKBONES)):
-        return
-    if isinstance(neck, nn.Sequential) and len(neck) > 0:
-        neck = neck[0]  # a list of necks: the first one takes the features
-    in_channels = getattr(neck, 'in_channels', None)
-    if not isinstance(in_channels, (list, tuple)):
+    if not isinstance(backbone, tuple(BACKBONES)):
         return
     out_channels = list(backbone.out_channels)
-    if list(in_channels) != out_channels:
-        raise ValueError(
-            f'{type(model).__name__}: the neck ({type(neck).__name__}) has '
-            f'in_channels={list(in_channels)} but the backbone '
-            f'({type(backbone).__name__}, arch '
-            f'{getattr(backbone, "arch_name", "?")!r}, out_indices='
-            f'{tuple(backbone.out_indices)}) emits out_channels='
-            f'{out_channels}: one entry per backbone output, in order. Set '
-            f'model.neck.in_channels={out_channels} or change '
-            'model.backbone.out_indices / arch.')
+    neck = getattr(model, 'neck', None)
+    if neck is not None:
+        if isinstance(neck, nn.Sequential) and len(neck) > 0:
+            neck = neck[0]  # a list of necks: the first takes the features
+        in_channels = getattr(neck, 'in_channels', None)
+        if isinstance(in_channels, (list, tuple)) and list(
+                in_channels) != out_channels:
+            raise _mismatch(model, backbone, f'neck ({type(neck).__name__})',
+                            list(in_channels), out_channels, 'out_channels=')
+        return
+    for part in ('decode_head', 'auxiliary_head'):
+        head = getattr(model, part, None)
+        in_channels = getattr(head, 'in_channels', None)
+        in_index = getattr(head, 'in_index', None)
+        if isinstance(in_channels, (list, tuple)) and isinstance(
+                in_index, (list, tuple)):
+            takes, emits = list(in_channels), [
+                out_channels[i] if -len(out_channels) <= i < len(out_channels)
+                else None for i in in_index
+            ]
+        elif isinstance(in_channels, int) and isinstance(in_index, int):
+            takes = in_channels
+            emits = (out_channels[in_index] if -len(out_channels) <= in_index
+                     < len(out_channels) else None)
+        else:
+            continue
+        if takes != emits:
+            raise _mismatch(model, backbone, part, takes, emits,
+                            f'at in_index={in_index} ')
 
 
 def with_neck_check(build_func: Callable) -> Callable:

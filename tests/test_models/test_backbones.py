@@ -188,6 +188,17 @@ def test_bad_arguments(backbone, kwargs, error, match):
         backbone(**kwargs)
 
 
+@pytest.mark.parametrize('backbone,arch', [(PoolFormer, 's12'),
+                                           (MetaFormer, 'poolformerv2_s12')])
+def test_deploy_argument(backbone, arch):
+    """Both backbones take ``deploy``, which is ``impl='deploy'``."""
+    with torch.device('meta'):
+        model = backbone(arch, deploy=True)
+    assert model.deploy and model.impl == 'deploy' and not model.training
+    with pytest.raises(RuntimeError, match='cannot train'):
+        model.train()
+
+
 def check_tiny_pf(model):
     """TINY_PF's mlp_ratios and layer_scale_init_value."""
     block = model.stages[0].blocks[0]

@@ -87,3 +87,20 @@ def test_in_channels():
 def test_input_must_be_a_tensor():
     with pytest.raises(TypeError, match=r'expects a Tensor, got ndarray'):
         PoolFormer('s12')(torch.randn(1, 3, 32, 32).numpy())
+
+
+def test_arch_dict_keys_are_metaformers():
+    """Arch dicts take MetaFormer's plural keys; the older singular
+    ``layer_scale_init_value`` (committed configs) is read as the plural."""
+    sizes = dict(layers=[1] * 4, embed_dims=[8] * 4, mlp_ratios=2)
+    assert set(PoolFormer.arch_settings['s12']) == {
+        'layers', 'embed_dims', 'mlp_ratios', 'layer_scale_init_values'
+    }
+    plural = PoolFormer(dict(sizes, layer_scale_init_values=1e-2))
+    singular = PoolFormer(dict(sizes, layer_scale_init_value=1e-2))
+    assert plural.state_dict().keys() == singular.state_dict().keys()
+    for model in (plural, singular):
+        assert torch.all(model.stages[3].blocks[0].layer_scale2.scale == 1e-2)
+    with pytest.raises(ValueError, match='gives both'):
+        PoolFormer(
+            dict(sizes, layer_scale_init_value=1., layer_scale_init_values=1.))

@@ -3,19 +3,20 @@
 Paper: `MetaFormer Is Actually What You Need for Vision
 <https://arxiv.org/abs/2111.11418>`_ (Yu et al., CVPR 2022). Original
 implementation: https://github.com/sail-sg/poolformer (Apache-2.0). The network
-is an instance of :class:`.metaformer.BaseMetaFormer`: no stem or downsampling
-norms, GroupNorm(1) pre-norms, GELU MLPs with biases, layer scale, and (as in
-the original detection and segmentation code) a GroupNorm ``norm{i}`` on every
-emitted stage.
+is an instance of :class:`.metaformer.BaseMetaFormer` (the layers of
+:mod:`.layers`, the sizes of :data:`.specs.POOLFORMER_ARCHS`): no stem or
+downsampling norms, GroupNorm(1) pre-norms, GELU MLPs with biases, layer
+scale, and (as in the original detection and segmentation code) a GroupNorm
+``norm{i}`` on every emitted stage.
 """
 from typing import Dict, List, Optional, Sequence, Union
 
 from mmengine.model.weight_init import trunc_normal_init
 
 from ..registration import register_backbone
-from .metaformer import BaseMetaFormer, complete_spec
-
-_ARCH_KEYS = ('layers', 'embed_dims', 'mlp_ratios', 'layer_scale_init_value')
+from .metaformer import BaseMetaFormer
+from .specs import (POOLFORMER_ARCH_KEYS, POOLFORMER_ARCHS, complete_spec,
+                    poolformer_arch)
 
 
 @register_backbone
@@ -25,9 +26,15 @@ class PoolFormer(BaseMetaFormer):
 
     Args:
         arch (str | dict): ``'s12'``, ``'s24'``, ``'s36'``, ``'m36'``,
-            ``'m48'``, or a dict with ``layers`` and ``embed_dims`` (4 ints
-            each), ``mlp_ratios`` (4 numbers, or one for all stages) and
-            ``layer_scale_init_value``. Defaults to 's12'.
+            ``'m48'`` (``PoolFormer.arch_settings``), or a dict with
+            ``layers`` and ``embed_dims`` (4 ints each), ``mlp_ratios`` (4
+            numbers, or one for all stages) and ``layer_scale_init_values``
+            (likewise, None for no layer scale), the keys of
+            :class:`~poolformer_mm.MetaFormer` arch dicts. The older singular
+            ``layer_scale_init_value`` is read as ``layer_scale_init_values``
+            (committed configs and the configs saved with checkpoints use
+            it). Defaults to 's12'.
+        in_channels (int): Input image channels. Defaults to 3.
         pool_size (int): Pooling window of the token mixer. Defaults to 3.
         norm_cfg (dict): All norms: the blocks' pre-norms and the output
             norms. Defaults to ``dict(type='GN', num_groups=1, eps=1e-5)``,
@@ -38,26 +45,31 @@ class PoolFormer(BaseMetaFormer):
             every block, e.g. 1.0 to train from scratch; None takes the
             arch's (1e-5 for S12 / S24, 1e-6 for the others). Loaded weights
             bring their own. Defaults to None.
-        deploy (bool): Build inference-only, ``impl='deploy'``.
-            Defaults to False.
-
-        ``in_channels``, ``drop_rate``, ``drop_path_rate``, ``out_indices``,
-        ``frozen_stages``, ``norm_eval``, ``with_cp``, ``impl`` and
-        ``init_cfg`` are those of :class:`~poolformer_mm.MetaFormer`.
+        drop_rate (float): Dropout inside the MLPs. Defaults to 0.
+        drop_path_rate (float): Stochastic depth rate of the last block; it
+            rises linearly from 0 over all blocks. Defaults to 0.
+        out_indices (Sequence[int]): Stages (0-3) whose outputs are returned,
+            each through its own output norm. Defaults to (0, 1, 2, 3).
+        frozen_stages (int): -1 freezes nothing, 0 the stem, ``i`` the stem
+            and stages ``0..i-1`` with their output norms (kept in eval
+            mode). Defaults to -1.
+        norm_eval (bool): Keep BatchNorm layers (if ``norm_cfg`` is one) in
+            eval mode during training. Defaults to False.
+        with_cp (bool): Gradient checkpointing of every block: less memory,
+            a second forward pass. Defaults to False.
+        impl (str): How the network executes: ``'auto'`` (the faster modules
+            of :mod:`poolformer_mm.models.fast` where they apply),
+            ``'reference'`` (the modules of :mod:`.layers`) or ``'deploy'``
+            (folded, inference only, :meth:`switch_to_deploy`). Same
+            parameters and results. Defaults to 'auto'.
+        deploy (bool): Build inference-only: ``True`` is ``impl='deploy'``,
+            whatever ``impl`` says (MMPretrain's argument). Defaults to False.
+        init_cfg (dict | list[dict], optional): Initialization config, e.g.
+            ``dict(type='Pretrained', checkpoint=..., prefix=...)``.
+            Defaults to None.
     """
 
-    arch_settings: Dict[str, dict] = {
-        's12': dict(layers=[2, 2, 6, 2], embed_dims=[64, 128, 320, 512],
-                    mlp_ratios=4, layer_scale_init_value=1e-5),
-        's24': dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512],
-                    mlp_ratios=4, layer_scale_init_value=1e-5),
-        's36': dict(layers=[6, 6, 18, 6], embed_dims=[64, 128, 320, 512],
-                    mlp_ratios=4, layer_scale_init_value=1e-6),
-        'm36': dict(layers=[6, 6, 18, 6], embed_dims=[96, 192, 384, 768],
-                    mlp_ratios=4, layer_scale_init_value=1e-6),
-        'm48': dict(layers=[8, 8, 24, 8], embed_dims=[96, 192, 384, 768],
-                    mlp_ratios=4, layer_scale_init_value=1e-6),
-    }
+    arch_settings: Dict[str, dict] = POOLFORMER_ARCHS
 
     def __init__(self,
                  arch: Union[str, dict] = 's12',
@@ -80,22 +92,15 @@ class PoolFormer(BaseMetaFormer):
                 raise ValueError(
                     f'Unknown PoolFormer arch {arch!r}; choose one of '
                     f'{sorted(self.arch_settings)} or give a dict with keys '
-                    f'{list(_ARCH_KEYS)}')
+                    f'{list(POOLFORMER_ARCH_KEYS)}')
             name, arch = arch.lower(), self.arch_settings[arch.lower()]
         elif isinstance(arch, dict):
-            name = 'custom'
-            missing = [k for k in _ARCH_KEYS if k not in arch]
-            unknown = sorted(set(arch) - set(_ARCH_KEYS))
-            if missing or unknown:
-                raise ValueError(
-                    f'Custom PoolFormer arch {arch!r} lacks the keys '
-                    f'{missing} or has unknown keys {unknown}; required: '
-                    f'{list(_ARCH_KEYS)}')
+            name, arch = 'custom', poolformer_arch(arch)
         else:
             raise TypeError('arch must be a str or a dict, got '
                             f'{type(arch).__name__}: {arch!r}')
         if layer_scale_init_value is None:
-            layer_scale_init_value = arch['layer_scale_init_value']
+            layer_scale_init_value = arch['layer_scale_init_values']
         spec = complete_spec(
             dict(
                 layers=arch['layers'],
@@ -120,7 +125,8 @@ class PoolFormer(BaseMetaFormer):
             frozen_stages=frozen_stages,
             norm_eval=norm_eval,
             with_cp=with_cp,
-            impl='deploy' if deploy else impl,
+            impl=impl,
+            deploy=deploy,
             init_cfg=init_cfg)
 
     def _init_original_weights(self) -> None:

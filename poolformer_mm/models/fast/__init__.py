@@ -1,24 +1,31 @@
 """Faster ways to execute the backbones, beside the reference network.
 
-A backbone's ``impl`` argument (or its ``switch_impl()``) chooses one, here and
-nowhere else (:func:`apply_impl`):
+The network is :mod:`poolformer_mm.models.backbones` (its layers in
+:mod:`~poolformer_mm.models.backbones.layers`); the modules here stand in for
+some of those layers with the same parameters, and import the layers, never
+the backbones. A backbone's ``impl`` / ``deploy`` arguments (or its
+``switch_impl()``) choose a path, here and nowhere else (:func:`apply_impl`):
 
-- ``'reference'``: the modules of
-  :mod:`poolformer_mm.models.backbones.metaformer` as built.
+- ``'reference'``: the modules of :mod:`~poolformer_mm.models.backbones.layers`
+  as built.
 - ``'auto'`` (the default): module by module, a faster module with the same
   parameters where one computes the same thing (:data:`AUTO_MODULES`). Each
   serves the inputs it is written for and runs the reference ``forward`` for
   all others: :mod:`.cpu` float32 CPU maps (not under autocast, tracing,
-  export or ``torch.compile``), :mod:`.cuda` large CUDA maps.
+  export or ``torch.compile``, :mod:`.tracing`), :mod:`.cuda` large CUDA
+  maps.
 - ``'deploy'``: inference only: ``'auto'`` with foldable PoolFormer blocks,
   the stem and the downsampling convolutions replaced by the folded path of
-  :mod:`.folded` (:data:`DEPLOY_MODULES`); what ``switch_to_deploy()`` and
+  :mod:`.folded` (:data:`DEPLOY_MODULES`), whose constants :mod:`.folding`
+  computes; what ``deploy=True``, ``switch_to_deploy()`` and
   ``tools/test.py --deploy`` select.
 
-A replacement takes over the module's parameters, buffers, children and hooks
-(the same objects), so the state dict keeps its names and order, and
-switching back to ``'reference'`` restores the reference classes exactly.
-Every replacement is tested against the reference module (tests/test_models).
+Which modules fit which fast module is decided by the device-neutral checks
+of :mod:`.patterns` and each fast module's ``fits``. A replacement takes over
+the module's parameters, buffers, children and hooks (the same objects), so
+the state dict keeps its names and order, and switching back to
+``'reference'`` restores the reference classes exactly. Every replacement is
+tested against the reference module (tests/test_models).
 """
 from collections import Counter
 from typing import Callable, Optional, Sequence, Type

@@ -1,8 +1,9 @@
 """Faster CPU execution of the reference modules, with the same parameters.
 
 The modules here replace reference modules of
-:mod:`poolformer_mm.models.backbones.metaformer` when a backbone is built with
-``impl='auto'`` (see :mod:`poolformer_mm.models.fast`). Each computes what the
+:mod:`poolformer_mm.models.backbones.layers` when a backbone is built with
+``impl='auto'`` (see :mod:`poolformer_mm.models.fast`), where they fit
+(:mod:`.patterns`). Each computes what the
 module it replaces computes, to float32 rounding, on float32 CPU maps outside
 autocast, tracing, export and ``torch.compile`` (:func:`applies`), and runs the
 reference ``forward`` everywhere else:
@@ -38,8 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..backbones.metaformer import (Fp32GroupNorm, Mlp, MetaFormerBlock,
-                                    Pooling, Scale, Stem)
+from ..backbones.layers import (Fp32GroupNorm, Mlp, MetaFormerBlock, Pooling,
+                                Stem)
+from .patterns import (channel_scale, is_group_norm1, is_pointwise_conv,
+                       pool_window)
 from .tracing import is_recording
 
 _INV_COUNT: Dict[Tuple, Tensor] = {}
@@ -351,50 +354,6 @@ def applies(x: Tensor) -> bool:
     return (x.device.type == 'cpu' and x.dtype == torch.float32
             and x.dim() == 4 and not torch.is_autocast_enabled('cpu')
             and not is_recording())
-
-
-def pool_window(pool: nn.Module) -> Optional[int]:
-    """The window of PoolFormer's pooling (an ``nn.AvgPool2d`` with an odd
-    square window, stride 1, padding ``k // 2``, ``count_include_pad=False``),
-    None for any other module."""
-
-    def square(value) -> Optional[int]:
-        if isinstance(value, int):
-            return value
-        return value[0] if value[0] == value[1] else None
-
-    if type(pool) is not nn.AvgPool2d:
-        return None
-    k, stride, padding = (square(pool.kernel_size), square(pool.stride),
-                          square(pool.padding))
-    if (k is None or k % 2 == 0 or stride != 1 or padding != k // 2
-            or pool.count_include_pad or pool.ceil_mode
-            or pool.divisor_override is not None):
-        return None
-    return k
-
-
-def is_pointwise_conv(module: nn.Module) -> bool:
-    """Whether ``module`` is a plain 1x1 ``nn.Conv2d`` (stride 1, no
-    padding, one group)."""
-    return (type(module) is nn.Conv2d and module.kernel_size == (1, 1)
-            and module.stride == (1, 1) and module.groups == 1
-            and module.padding in ((0, 0), 0) and module.dilation == (1, 1))
-
-
-def is_group_norm1(norm: nn.Module) -> bool:
-    """Whether ``norm`` is a GroupNorm with one group."""
-    return isinstance(norm, nn.GroupNorm) and norm.num_groups == 1
-
-
-def channel_scale(module: nn.Module) -> Tuple[bool, Optional[Tensor]]:
-    """``(True, scale)`` for a per-channel :class:`Scale` of maps,
-    ``(True, None)`` for ``nn.Identity``, ``(False, None)`` otherwise."""
-    if isinstance(module, nn.Identity):
-        return True, None
-    if type(module) is Scale and module.shape[1:] == (1, 1):
-        return True, module.scale
-    return False, None
 
 
 class ChannelsLastStem(Stem):

@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..backbones.metaformer import Fp32GroupNorm, _fp32
+from ..backbones.layers import Fp32GroupNorm, to_fp32
 from .tracing import is_recording
 
 
@@ -96,7 +96,7 @@ class GroupNorm1(Fp32GroupNorm):
         return type(module) is Fp32GroupNorm and module.num_groups == 1
 
     def forward(self, x: Tensor) -> Tensor:
-        x32, weight, bias = _fp32(x, self.weight, self.bias)
+        x32, weight, bias = to_fp32(x, self.weight, self.bias)
         if (not _on_gpu(x) or x32.numel() == 0
                 or x32.shape[1:].numel() < GROUP_NORM1_MIN_SIZE
                 or is_recording()):
