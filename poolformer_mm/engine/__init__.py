@@ -17,7 +17,11 @@ MMDetection's and MMSegmentation's fall back to. Modules:
   checkpoints carry;
 - :mod:`.distributed`: :class:`CPUDistributedDataParallel` and the gloo
   process group;
+- :mod:`.sample_seeds`: per-sample seeds of the data pipeline's random
+  draws (:class:`~.sample_seeds.SampleSeededDataset`);
 - :mod:`.optim_wrapper`: :class:`AutocastOptimWrapper`;
+- :mod:`.mmengine_coupling`: the mmengine internals this runtime relies on
+  and the methods it copies, for the next mmengine release.
 """
 from ..checkpoint import load_training_checkpoint
 from .distributed import CPUDistributedDataParallel, init_cpu_process_group
