@@ -117,3 +117,73 @@ def test_loss_and_predict_s12(mode):
             (result, ) = model(**data, mode='predict')
         assert result.pred_sem_seg.data.shape == (1, h, w)
         assert result.seg_logits.data.shape == (150, h, w)
+
+
+UPERNET = ('poolformer_s12', 'poolformer_s24', 'poolformer_s36',
+           'poolformer_m36', 'poolformer_m48', 'convformer_s18',
+           'caformer_s18', 'poolformerv2_s12')
+
+
+@pytest.mark.parametrize('arch', UPERNET)
+def test_upernet_configs_build(arch):
+    """On the meta device: no memory, no initialisation time."""
+    cfg = load_cfg(f'upernet_{arch}.py')
+    with torch.device('meta'):
+        model = build_segmentor(cfg)
+    out = model.backbone.out_channels
+    assert model.decode_head.in_channels == out
+    assert model.auxiliary_head.in_channels == out[2]
+    assert type(model.backbone).__name__ == (
+        'PoolFormer' if arch.startswith('poolformer_') else 'MetaFormer')
+
+
+def test_upernet_recipe():
+    """MMSegmentation's ConvNeXt UperNet recipe, without layer-wise decay."""
+    cfg = Config.fromfile(osp.join(CONFIGS, 'upernet_poolformer_s12.py'))
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+    assert 'constructor' not in cfg.optim_wrapper
+    assert cfg.optim_wrapper.optimizer == dict(
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end) == ('LinearLR',
+                                                              1e-6, 1500)
+    assert (poly.type, poly.power, poly.begin, poly.end,
+            poly.eta_min) == ('PolyLR', 1.0, 1500, 160000, 0.0)
+    assert (cfg.train_cfg.type, cfg.train_cfg.max_iters,
+            cfg.train_cfg.seed_per_sample) == ('ResumableIterBasedTrainLoop',
+                                               160000, True)
+    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs = 16 images
+    assert cfg.crop_size == (512, 512)
+    head, aux = cfg.model.decode_head, cfg.model.auxiliary_head
+    assert (head.type, head.channels, head.pool_scales, head.num_classes,
+            head.dropout_ratio) == ('UPerHead', 512, (1, 2, 3, 6), 150, 0.1)
+    assert (aux.type, aux.in_index, aux.channels, aux.num_classes,
+            aux.loss_decode.loss_weight) == ('FCNHead', 2, 256, 150, 0.4)
+    assert cfg.model.test_cfg == dict(mode='slide', crop_size=(512, 512),
+                                      stride=(341, 341))
+    assert cfg.runner_type == 'SafeRunner'
+    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
+    assert cfg.custom_imports.imports == ['poolformer_mm']
+
+
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'caformer_s18'])
+def test_upernet_loss_and_predict(arch):
+    cfg = load_cfg(f'upernet_{arch}.py')
+    cfg.model.data_preprocessor.size = None
+    cfg.model.data_preprocessor.size_divisor = 32
+    cfg.model.test_cfg = dict(mode='whole')
+    model = revert_sync_batchnorm(build_segmentor(cfg))
+    model.init_weights()
+    model.train()
+    data = model.data_preprocessor(demo_batch(TRAIN_SIZES), True)
+    loss, _ = model.parse_losses(model(**data, mode='loss'))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert [n for n, p in model.named_parameters()
+            if p.requires_grad and p.grad is None] == []
+    model.eval()
+    (h, w) = TEST_SIZES[0]
+    with torch.no_grad():
+        data = model.data_preprocessor(demo_batch([(h, w)]), False)
+        (result, ) = model(**data, mode='predict')
+    assert result.pred_sem_seg.data.shape == (1, h, w)
