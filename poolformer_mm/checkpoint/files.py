@@ -1,11 +1,13 @@
 """Reading checkpoint files without running code from them.
 
 :func:`read_checkpoint` is the one way this package reads a checkpoint or
-weights file, whatever wrote it: a local path, an http(s) URL or another
-location mmengine reads (``open-mmlab://``, ``s3://``, ...); ``.safetensors``
-through safetensors, everything else through ``torch.load(weights_only=True)``
-with the validating stand-ins of :mod:`.legacy` for the mmengine and numpy
-objects of older checkpoints, in scope for that one load. What it returns is
+weights file, whatever wrote it: a local path, an http(s) URL, a Hugging Face
+hub name (``timm/convformer_s18.sail_in1k``, ``hf-hub:sail/dl/...``) or
+another location mmengine reads (``open-mmlab://``, ``s3://``, ...);
+``.safetensors`` through safetensors, everything else through
+``torch.load(weights_only=True)`` with the validating stand-ins of
+:mod:`.legacy` for the mmengine and numpy objects of older checkpoints, in
+scope for that one load. What it returns is
 plain data (:mod:`.plain`). Whatever goes wrong with the file itself, torn,
 not a checkpoint, or needing code to unpickle, becomes a
 :class:`~poolformer_mm.errors.CheckpointError` that names the file
@@ -113,6 +115,65 @@ def download(url: str) -> str:
     return path
 
 
+# timm's names of its hub weights: 'timm/<model>.<tag>'; and timm's prefix
+# for any hub repository: 'hf-hub:<owner>/<repo>[/<file in the repo>]'.
+_TIMM_HUB = re.compile(r'^timm/[A-Za-z0-9_.-]+$')
+_HF_HUB = re.compile(r'^hf-hub:([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)(?:/(.+))?$')
+# The weight files of a timm hub repository, in the order timm prefers them.
+_HUB_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')
+
+
+def hub_location(name: str):
+    """``(repo id, file or None)`` of a hub name (``timm/<model>.<tag>``,
+    ``hf-hub:<owner>/<repo>[/<file>]``), None for anything else."""
+    if _TIMM_HUB.match(name):
+        return name, None
+    match = _HF_HUB.match(name)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def hub_download(name: str) -> str:
+    """The local path of hub weights, through huggingface_hub's download and
+    cache (``HF_HOME``, ``HF_HUB_OFFLINE`` honoured).
+
+    Without a file name the repository's ``model.safetensors`` is taken, or
+    its ``pytorch_model.bin`` (timm's repositories hold one of them).
+
+    Raises:
+        CheckpointError: Unknown repository or file, or (offline) not in the
+            cache; the message says how to download it.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError,
+                                        LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+    repo, filename = hub_location(name)
+    last = None
+    for candidate in ([filename] if filename else _HUB_WEIGHTS):
+        try:
+            return hf_hub_download(repo, candidate)
+        except LocalEntryNotFoundError as exc:
+            last = exc
+            offline = os.environ.get('HF_HUB_OFFLINE', '') not in ('', '0')
+            how = ('HF_HUB_OFFLINE is set and the cache ('
+                   f'{os.environ.get("HF_HOME", "~/.cache/huggingface")}) has '
+                   'no copy' if offline else 'the hub could not be reached')
+        except EntryNotFoundError as exc:
+            last, how = exc, f'the repository has no {candidate}'
+        except RepositoryNotFoundError:
+            raise CheckpointError(
+                f'{name!r}: no hub repository {repo!r} (timm names its '
+                "weights 'timm/<model>.<tag>', e.g. "
+                "'timm/convformer_s18.sail_in1k'; other repositories as "
+                "'hf-hub:<owner>/<repo>/<file>')") from None
+    files = filename or ' or '.join(_HUB_WEIGHTS)
+    raise CheckpointError(
+        f'Cannot get {name!r} ({files} of {repo}): {how}. Download it where '
+        f'the hub can be reached: `huggingface-cli download {repo} '
+        f'{filename or _HUB_WEIGHTS[0]}` (then it loads offline from the '
+        'cache), or give the local path of the file.') from last
+
+
 def _torch_load(path: str, map_location) -> object:
     with legacy.stand_ins():
         loaded = torch.load(
@@ -135,7 +196,10 @@ def read_checkpoint(filename: Union[str, os.PathLike],
 
     Args:
         filename (str | PathLike): A local path, an http(s) URL (downloaded
-            once into torch's hub cache) or any location mmengine's
+            once into torch's hub cache), a Hugging Face hub name
+            (``timm/<model>.<tag>`` as timm names its weights, or
+            ``hf-hub:<owner>/<repo>[/<file>]``; downloaded through
+            huggingface_hub's cache) or any location mmengine's
             ``CheckpointLoader`` reads.
         map_location (str | callable): Where tensors go. Defaults to 'cpu'.
 
@@ -151,9 +215,12 @@ def read_checkpoint(filename: Union[str, os.PathLike],
     """
     filename = os.fspath(filename)
     with reading(filename):
-        if '://' in filename and not _is_url(filename):
+        if not osp.exists(filename) and hub_location(filename):
+            path = hub_download(filename)
+        elif '://' in filename and not _is_url(filename):
             return _mmengine_load(filename, map_location)
-        path = download(filename) if _is_url(filename) else filename
+        else:
+            path = download(filename) if _is_url(filename) else filename
         if not osp.isfile(path):
             raise FileNotFoundError(
                 f'checkpoint not found: {filename!r}; give an existing local '
