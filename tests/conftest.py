@@ -1,78 +1,112 @@
-import importlib.util
+"""Fixtures and lanes of the test suite.
+
+Two lanes: ``make test`` runs every test; ``make test-fast`` runs the unit
+tests that take well under a second, ``-m 'not integration and not slow'``
+with ``POOLFORMER_MM_FAST_LANE=1``. A test is marked ``integration`` when it
+starts processes, trains, compiles, or builds detectors and segmentors from
+the real configs: by hand, or here when it uses a fixture that does
+(:data:`INTEGRATION_FIXTURES`). ``slow`` marks the unit tests that run
+full-size archs for seconds (:data:`SLOW`, the one list of them). In the fast
+lane a test that starts an interpreter anyway fails, naming itself, so that
+the lane stays free of them.
+"""
+import multiprocessing
 import os
-import os.path as osp
-import socket
+import re
 import subprocess
-import sys
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = osp.join(ROOT, 'configs')
-TOOLS = osp.join(ROOT, 'tools')
+from helpers.commands import run_tool
 
-# Tests run on 2 cores: keep torch from oversubscribing them.
-os.environ.setdefault('OMP_NUM_THREADS', '2')
+# Tests run on 2 cores: keep torch from oversubscribing them (one thread per
+# process when pytest-xdist runs two).
+os.environ.setdefault(
+    'OMP_NUM_THREADS', '1' if 'PYTEST_XDIST_WORKER' in os.environ else '2')
 
+# The Triton kernels run in Triton's CPU interpreter where there is no GPU;
+# the variable must be set before the first kernel is defined, whichever
+# test imports them first.
+if os.environ.get('TRITON_INTERPRET') is None:
+    import torch
+    if not torch.cuda.is_available():
+        os.environ['TRITON_INTERPRET'] = '1'
 
-def run_command(cmd, cwd=None, env=None, timeout=900):
-    """Run ``cmd`` (in ``env``, default the current environment); fail with
-    its output unless it exits 0."""
-    cmd = [str(c) for c in cmd]
-    result = subprocess.run(cmd, cwd=str(cwd or ROOT), capture_output=True,
-                            text=True, timeout=timeout, env=env)
-    if result.returncode != 0:
-        pytest.fail(f'{" ".join(cmd)} exited {result.returncode}\n'
-                    f'--- stdout ---\n{result.stdout[-6000:]}\n'
-                    f'--- stderr ---\n{result.stderr[-6000:]}')
-    return result
-
-
-def run_commands(cmds, cwd=None, env=None, timeout=900):
-    """Run independent commands side by side (most of their time is
-    single-threaded imports); fail with the output of any that does not
-    exit 0. Returns their results in order."""
-    procs = [
-        subprocess.Popen([str(c) for c in cmd], cwd=str(cwd or ROOT),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env) for cmd in cmds
-    ]
-    results = []
-    for cmd, proc in zip(cmds, procs):
-        stdout, stderr = proc.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(cmd, proc.returncode,
-                                                   stdout, stderr))
-    for result in results:
-        if result.returncode != 0:
-            pytest.fail(f'{" ".join(map(str, result.args))} exited '
-                        f'{result.returncode}\n'
-                        f'--- stdout ---\n{result.stdout[-6000:]}\n'
-                        f'--- stderr ---\n{result.stderr[-6000:]}')
-    return results
+# Fixtures that write data with a tool or train: their users are
+# integration tests.
+INTEGRATION_FIXTURES = {'demo_data', 'trained_demo'}
 
 
-def free_port():
-    """A TCP port free on 127.0.0.1 now, for a process group's master."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+# Unit tests of full-size archs, seconds each: make test runs them, the fast
+# lane keeps their small-arch cases (node ids, matched from the start).
+SLOW = re.compile('|'.join([
+    r'tests/test_models/test_backbones\.py::test_output_shapes_at_odd_sizes'
+    r'\[(PoolFormer-(s24|s36|m36|m48)|poolformerv2_s12|randformer_s12|'
+    r'identityformer_s12)\]',
+    r'tests/test_models/test_fast_paths\.py::test_auto_matches_reference'
+    r'\[.*-(caformer_s18|poolformerv2_s12)\]',
+    r'tests/test_models/test_fast_paths\.py::test_deploy_matches_default'
+    r'\[m36',
+    r'tests/test_models/test_fast_paths\.py::test_deploy_off_cpu_',
+    r'tests/test_models/test_fast_paths\.py::test_deploy_recorded_form',
+    r'tests/test_models/test_pretrained\.py::test_original_release_parity'
+    r'\[(s36|m36|m48)\]',
+    r'tests/test_models/test_pretrained\.py::test_timm_naming_parity\[m36\]',
+    r'tests/test_models/test_pretrained\.py::test_shape_mismatch_names',
+    r'tests/test_models/test_metaformer\.py::test_(timm|original)_naming_'
+    r'parity',
+    r'tests/test_models/test_metaformer\.py::test_bf16_autocast_norms_in_'
+    r'fp32\[caformer',
+]))
 
 
-def load_tool(script):
-    """tools/<script> (e.g. 'infer.py', 'analysis/get_flops.py') imported
-    as a module, to call its functions in this process."""
-    name = osp.splitext(osp.basename(script))[0]
-    spec = importlib.util.spec_from_file_location(name,
-                                                  osp.join(TOOLS, script))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, 'fixturenames', ()))
+        if INTEGRATION_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.integration)
+        if SLOW.match(item.nodeid):
+            item.add_marker(pytest.mark.slow)
+        # With pytest-xdist (make test: -n 2 --dist loadgroup) an
+        # integration test runs in the process of the rest of its file, so
+        # that module fixtures (an uninterrupted reference training, an
+        # installed wheel) are made once; every user of the demo trainings
+        # in one process, which trains them once. Unit tests go wherever a
+        # process is free.
+        if 'trained_demo' in fixtures:
+            item.add_marker(pytest.mark.xdist_group('trained_demo'))
+        elif item.get_closest_marker('integration'):
+            item.add_marker(
+                pytest.mark.xdist_group(item.nodeid.split('::')[0]))
 
 
-def run_tool(script, *args, cwd=None, timeout=900, env=None):
-    """Run tools/<script> in a fresh interpreter; fail with its output."""
-    return run_command([sys.executable, osp.join(TOOLS, script), *args],
-                       cwd, dict(os.environ, **(env or {})), timeout)
+@pytest.fixture(autouse=True)
+def _fast_lane_starts_no_process(request, monkeypatch):
+    if (os.environ.get('POOLFORMER_MM_FAST_LANE') != '1'
+            or request.node.get_closest_marker('integration')):
+        yield
+        return
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            f'{request.node.nodeid} starts a process in the fast lane: mark '
+            'it @pytest.mark.integration')
+
+    popen_init = subprocess.Popen.__init__
+
+    def popen(self, args, *rest, **kwargs):
+        # Libraries probe compilers and git (mmengine's environment report,
+        # Triton's driver): allowed. Interpreters and shell scripts (the
+        # tools, trainings) are what the lane leaves out.
+        program = args if isinstance(args, str) else str(list(args)[0])
+        if any(word in os.path.basename(program.split()[0])
+               for word in ('python', 'bash', 'torchrun')):
+            refuse()
+        popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, '__init__', popen)
+    monkeypatch.setattr(multiprocessing.Process, 'start', refuse)
+    yield
 
 
 @pytest.fixture(scope='session')
@@ -90,7 +124,7 @@ def trained_demo(tmp_path_factory, demo_data):
     config trained for a couple of iterations by ``tools/train.py`` (see
     ``tiny_demo.train_demos``). The first request trains every demo model,
     side by side."""
-    from tiny_demo import DEMO_MODELS, train_demos
+    from helpers.tiny_demo import DEMO_MODELS, train_demos
     done = {}
 
     def get(model):

@@ -66,6 +66,7 @@ def test_every_arch_has_a_snapshot():
     assert sorted(_read(STATE_DICTS)) == sorted(f'{c}/{a}' for c, a in archs())
 
 
+@pytest.mark.integration
 def test_configs_resolve_as_the_snapshot():
     expected = _read(CONFIGS)
     assert sorted(expected) == config_files()

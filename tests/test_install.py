@@ -21,7 +21,10 @@ import sysconfig
 import pytest
 import yaml
 
-from conftest import CONFIGS, ROOT, run_command as run, run_commands
+from helpers.commands import CONFIGS, ROOT, run_command as run, run_commands
+
+# Builds and installs the wheel, trains from it.
+pytestmark = pytest.mark.integration
 
 MMDET_TRAIN = osp.join(
     osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'train.py')

@@ -182,7 +182,8 @@ def check_fit(model: torch.nn.Module,
 def fit_weights(model: torch.nn.Module,
                 weights: Weights,
                 allow_backbone_only: bool = False,
-                partial: bool = False) -> 'OrderedDict[str, Tensor]':
+                partial: bool = False,
+                uses_heads: bool = True) -> 'OrderedDict[str, Tensor]':
     """The state dict to load into ``model`` from ``weights``: the
     checkpoint's tensors where they fit, the model's own elsewhere (output
     norms, random neck and heads of backbone weights), exactly the model's
@@ -194,6 +195,9 @@ def fit_weights(model: torch.nn.Module,
         allow_backbone_only (bool): Accept backbone weights alone, with a
             warning that the neck and heads are random. Defaults to False.
         partial (bool): See :func:`check_fit`. Defaults to False.
+        uses_heads (bool): Whether the caller runs the neck and heads; when
+            not (e.g. an export of the backbone alone) backbone weights are
+            complete and get no warning. Defaults to True.
 
     Raises:
         CheckpointError: The weights do not fit (:func:`check_fit`), or are
@@ -214,7 +218,7 @@ def fit_weights(model: torch.nn.Module,
             f'model: {_examples(unused, 6)}',
             logger='current',
             level=logging.WARNING)
-    if weights.backbone_only:
+    if weights.backbone_only and uses_heads:
         print_log(
             f'{filename} holds backbone weights only '
             f'({len(weights.tensors)} tensors, {weights.naming} naming): '
@@ -234,11 +238,12 @@ def fit_weights(model: torch.nn.Module,
 def load_weights(model: torch.nn.Module,
                  weights: Weights,
                  allow_backbone_only: bool = False,
-                 partial: bool = False) -> None:
+                 partial: bool = False,
+                 uses_heads: bool = True) -> None:
     """:func:`fit_weights`, then load the result into ``model`` (all its
     keys, no more)."""
     model.load_state_dict(
-        fit_weights(model, weights, allow_backbone_only, partial))
+        fit_weights(model, weights, allow_backbone_only, partial, uses_heads))
 
 
 def load_pretrained(model: torch.nn.Module,
@@ -326,7 +331,9 @@ def init_weights(module: torch.nn.Module, init_others) -> None:
     """Apply a backbone's ``init_cfg``: ``Pretrained`` entries through
     :func:`load_pretrained`, the others through ``init_others`` (mmengine's
     ``BaseModule.init_weights`` of ``module``). Nothing happens without
-    ``init_cfg``.
+    ``init_cfg``. ``module.pretrained_loads`` then lists ``(checkpoint,
+    report)`` per ``Pretrained`` entry (:func:`load_pretrained`'s report),
+    for tools that show what loaded.
 
     Args:
         module (BaseModule): The backbone, with ``init_cfg``.
@@ -336,6 +343,7 @@ def init_weights(module: torch.nn.Module, init_others) -> None:
         ValueError: A ``Pretrained`` entry without ``checkpoint`` or with
             keys other than ``checkpoint``, ``prefix``, ``map_location``.
     """
+    module.pretrained_loads = []
     if module.init_cfg is None:
         return
     cfgs = (module.init_cfg
@@ -353,9 +361,10 @@ def init_weights(module: torch.nn.Module, init_others) -> None:
                 f'Pretrained init_cfg {cfg} must have `checkpoint` and may '
                 f'have `prefix`, `map_location`; unknown keys: '
                 f'{sorted(unknown)}')
-        load_pretrained(
+        report = load_pretrained(
             module,
             cfg['checkpoint'],
             prefix=cfg.get('prefix'),
             map_location=cfg.get('map_location', 'cpu'))
+        module.pretrained_loads.append((str(cfg['checkpoint']), report))
     module._is_init = True

@@ -8,10 +8,10 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 
-from conftest import CONFIGS, run_tool
+from helpers.commands import CONFIGS, run_tool
 from poolformer_mm.engine import AutocastOptimWrapper
 from poolformer_mm.apis.runs import enable_amp, load_config
-from tiny_demo import assert_finite_losses, write_tiny_config
+from helpers.tiny_demo import assert_finite_losses, write_tiny_config
 
 
 def test_enable_amp_on_cpu_picks_bfloat16(monkeypatch):
@@ -115,6 +115,7 @@ def one_step(model, data, dtype):
     return loss
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('task', ['retinanet', 'sem_fpn'])
 def test_bfloat16_losses_are_finite(task):
     name = {

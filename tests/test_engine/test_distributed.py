@@ -10,10 +10,10 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import CONFIGS, ROOT, TOOLS, free_port
+from helpers.commands import CONFIGS, ROOT, TOOLS, free_port
 from poolformer_mm.engine import SafeRunner
 from poolformer_mm.apis.runs import load_config
-from tiny_demo import assert_finite_losses, write_tiny_config
+from helpers.tiny_demo import assert_finite_losses, write_tiny_config
 
 # Imported by every training process through custom_imports: each rank saves
 # its own weights at the end of training (checkpoints come from rank 0 only).
@@ -131,6 +131,7 @@ def project_configs():
         if '_base_' not in p)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', project_configs())
 def test_every_config_names_what_runs(name):
     """The runner, hooks and loop of this package are in the configs, so
@@ -264,6 +265,7 @@ def _batch(task):
         num_classes=80)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', smallest_config_of_each_family())
 def test_every_parameter_gets_a_gradient(name):
     """What DDP's find_unused_parameters=False relies on."""

@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-from conftest import run_command, run_commands
-from tiny_demo import IN_PROCESS_LOADING
+from helpers.commands import run_command, run_commands
+from helpers.tiny_demo import IN_PROCESS_LOADING
 
 MMDET_TOOLS = osp.join(
     osp.dirname(__import__('mmdet').__file__), '.mim', 'tools')

@@ -12,7 +12,9 @@ BUILD, structured dtypes rewritten through BUILD, stride-0 and huge views,
 and the classic payloads. One fresh interpreter, limited in time and
 memory, loads every file with plain ``torch.load`` after ``import
 poolformer_mm``, mmengine's loader, MMDetection's ``init_detector``, this
-package's loaders and ``tools/infer.py``, then checks that a new
+package's loaders and the inference that ``tools/infer.py`` runs
+(:func:`poolformer_mm.apis.inference.infer`, its errors as the tool's one
+``error:`` line), then checks that a new
 ``HistoryBuffer`` still computes its mean and that ``getattr(HistoryBuffer,
 '__init__')`` is still refused.
 """
@@ -31,7 +33,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers.commands import ROOT
 
 FIXTURE = osp.join(ROOT, 'tests', 'test_engine', 'resume_fixture')
 HB = ('mmengine.logging.history_buffer', 'HistoryBuffer')
@@ -238,22 +240,23 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner import load_checkpoint
 from mmdet.apis import init_detector
 from poolformer_mm.checkpoint import load_training_checkpoint, read_checkpoint
-from poolformer_mm.errors import CheckpointError
-sys.path.insert(0, os.path.join(sys.argv[1], 'tests'))
-from conftest import load_tool
+from poolformer_mm.apis.inference import infer
+from poolformer_mm.errors import CheckpointError, InputError
 
-config, image, out_dir = sys.argv[2:5]
-files = json.loads(sys.argv[5])
-infer = load_tool('infer.py')
+config, image, out_dir = sys.argv[1:4]
+files = json.loads(sys.argv[4])
 model = init_detector(config, device='cpu')
 tensor_attrs = set(dir(torch.Tensor))
 
 
 def tool(path):
+    # What tools/infer.py's main does: the errors it reports as its one
+    # `error:` line become that line; anything else escapes as it would.
     try:
-        infer.main([config, path, image, '--out-dir', out_dir])
-    except SystemExit as stop:
-        raise RuntimeError(str(stop.code)) from None
+        infer(config, path, image, out_dir=out_dir)
+    except (InputError, CheckpointError) as exc:
+        message = 'error: ' + str(exc).replace('\n', ' ')
+        raise RuntimeError(message) from None
 
 
 loaders = dict(
@@ -324,7 +327,7 @@ def test_hostile_files_are_refused_everywhere(hostile_files, demo_data,
     config = osp.join(FIXTURE, 'retinanet_tiny.py')
     image = sorted((demo_data / 'coco' / 'val').glob('*.png'))[0]
     result = subprocess.run(
-        [sys.executable, '-c', CHECK, ROOT, config,
+        [sys.executable, '-c', CHECK, config,
          str(image), str(tmp_path / 'out'), json.dumps(hostile_files)],
         capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
         preexec_fn=limit_memory)
@@ -380,6 +383,7 @@ def test_getattr_init_stays_refused_after_the_hostile_files(hostile_files):
         set(map(str, torch.serialization.get_safe_globals())))
 
 
+@pytest.mark.integration
 def test_import_widens_no_allowlist():
     """In a fresh process: what torch's own modules register once the
     frameworks import them, and nothing more after ``import

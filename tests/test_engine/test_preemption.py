@@ -1,12 +1,12 @@
 """A run stopped by a scheduler's signal at any iteration and resumed ends
 with the weights of the uninterrupted run, having trained every sample once.
 
-The tiny demo config (tests/tiny_demo.py) with a small RetinaNet-PoolFormer
-(one block a stage) trains 2 epochs of 4 iterations (8 images; 2 a batch
-in one process, 1 a batch in each of 2 processes).
-The stop points are the first iteration of an epoch (1), the middle of an
-epoch (6 of 8) and the last iteration before an epoch checkpoint (4). The
-hook ``SignalAt`` (tests/stop_hooks.py) sends SIGTERM at the end of that
+The tiny demo config (tests/helpers/tiny_demo.py) with a small
+RetinaNet-PoolFormer (one block a stage) trains 2 epochs of 4 iterations (8
+images; 2 a batch in one process, 1 a batch in each of 2 processes). The
+stop points are the first iteration of an epoch (1), the middle of an epoch
+(6 of 8) and the last iteration before an epoch checkpoint (4). The hook
+``SignalAt`` (tests/helpers/stop_hooks.py) sends SIGTERM at the end of that
 iteration, in 2 processes to one rank or both: the ranks must agree.
 
 Every run flips images at random. Weights are compared bitwise: on the CPU
@@ -33,11 +33,11 @@ import uuid
 import pytest
 import torch
 
-from conftest import ROOT, TOOLS, free_port
+from helpers.commands import ROOT, TOOLS, free_port
 from poolformer_mm.apis.runs import build_runner, load_config, set_resume
 from poolformer_mm.engine import PREEMPTED_EXIT_CODE
 from poolformer_mm.engine.runner import checkpoint_is_complete
-from tiny_demo import state_dict, write_tiny_config
+from helpers.tiny_demo import state_dict, write_tiny_config
 
 TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 EPOCHS = 2
@@ -72,7 +72,7 @@ def tiny_config(path, demo_data, processes, records, hooks=(), loading=None):
         path,
         demo_data,
         EPOCHS,
-        imports=('poolformer_mm', 'stop_hooks'),
+        imports=('poolformer_mm', 'helpers.stop_hooks'),
         flip=True,
         small_model=True,
         extra=extra)
@@ -374,6 +374,7 @@ def slurm_train(tmp_path, env, signal_after=None):
     return proc.returncode, calls, output
 
 
+@pytest.mark.integration
 def test_slurm_train_submits_a_requeueable_job(tmp_path):
     code, calls, output = slurm_train(tmp_path, dict(GPUS='2'))
     assert code == 0, output
@@ -389,6 +390,7 @@ def test_slurm_train_submits_a_requeueable_job(tmp_path):
         f'{tmp_path / "work"} --amp')
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('case', ['preempted', 'finished', 'failed'])
 def test_slurm_train_job_requeues_only_a_preempted_training(case, tmp_path):
     env = dict(SLURM_JOB_ID='7', POOLFORMER_MM_ROOT=ROOT)

@@ -1,7 +1,7 @@
 """Checkpoints that survive crashes, resume on torch >= 2.6, unsafe pickles.
 
 The end-to-end tests train the tiny demo config with a small RetinaNet
-(tests/tiny_demo.py: 2 epochs of 4 iterations at 64x64, deterministic)
+(tests/helpers/tiny_demo.py: 2 epochs of 4 iterations at 64x64, deterministic)
 through tools/train.py, and
 through MMDetection's own tools/train.py, which runs the same runner and
 hooks because the configs name them. A kill after a checkpoint, then
@@ -24,7 +24,7 @@ from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapper
 from mmengine.registry import DefaultScope
 
-from conftest import ROOT, TOOLS, run_tool
+from helpers.commands import ROOT, TOOLS, run_tool
 from poolformer_mm.engine.hooks import PART_SUFFIX
 from poolformer_mm.engine.runner import (SafeRunner, check_optimizer_state,
                                          checkpoint_is_complete,
@@ -33,7 +33,7 @@ from poolformer_mm.apis import train
 from poolformer_mm.checkpoint import (from_plain, load_training_checkpoint,
                                       to_plain)
 from poolformer_mm.errors import CheckpointError
-from tiny_demo import state_dict, write_tiny_config
+from helpers.tiny_demo import state_dict, write_tiny_config
 
 EPOCHS = 2
 
@@ -185,6 +185,7 @@ def mmengine_like_checkpoint():
     }
 
 
+@pytest.mark.integration
 def test_older_checkpoints_load_through_the_package_only(tmp_path):
     """A checkpoint holding mmengine's objects (mmengine's CheckpointHook,
     earlier releases) is read by this package's loader through its
@@ -212,6 +213,7 @@ def test_older_checkpoints_load_through_the_package_only(tmp_path):
         assert result.returncode == 3, (mode, result.stderr[-3000:])
 
 
+@pytest.mark.integration
 def test_plain_checkpoints_need_no_allowlist(tmp_path):
     """to_plain's form of the same checkpoint: plain torch.load reads it in
     a process that never imported poolformer_mm, and from_plain builds the

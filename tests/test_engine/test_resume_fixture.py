@@ -11,7 +11,7 @@ import os.path as osp
 
 import torch
 
-from conftest import run_tool
+from helpers.commands import run_tool
 
 FIXTURE = osp.join(osp.dirname(osp.abspath(__file__)), 'resume_fixture')
 CONFIG = osp.join(FIXTURE, 'retinanet_tiny.py')

@@ -6,7 +6,10 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from conftest import CONFIGS
+from helpers.commands import CONFIGS
+
+# Detectors built from the real configs.
+pytestmark = pytest.mark.integration
 
 ARCHS = ('s12', 's24', 's36', 'm36', 'm48')
 # Millions of parameters: the paper's for S12-S36, ours for M36 / M48.

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from conftest import CONFIGS, TOOLS, run_commands
+from helpers.commands import CONFIGS, TOOLS, run_commands
 
 from poolformer_mm import MetaFormer, PoolFormer
 from poolformer_mm.models.backbones import metaformer as mf
@@ -296,6 +296,7 @@ def test_deploy_is_inference_only():
         deployed(torch.randn(1, 4, 32, 32))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_deploy_from_config(scope):
     registry = pytest.importorskip(f'{scope}.registry').MODELS
@@ -651,6 +652,7 @@ def test_deploy_recorded_form(arch):
 # ---------------------------------------------------------------------------
 # tools/test.py --deploy, end to end
 # ---------------------------------------------------------------------------
+@pytest.mark.integration
 def test_tools_test_deploy(demo_data, tmp_path):
     pytest.importorskip('mmdet')
     from mmengine.config import Config

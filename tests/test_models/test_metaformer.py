@@ -26,7 +26,7 @@ from timm.models.metaformer import GroupNorm1NoBias
 from timm.models.metaformer import MetaFormer as TimmMetaFormer
 from timm.models.metaformer import checkpoint_filter_fn
 
-from conftest import CONFIGS
+from helpers.commands import CONFIGS
 from test_backbones import SMALL_ARCHS, TINY_CA, expected_sizes, randomize_
 from poolformer_mm import MetaFormer, PoolFormer
 from poolformer_mm.pretrained import (convert_backbone_state_dict,
@@ -448,6 +448,7 @@ def url(arch):
     return f'https://huggingface.co/sail/dl/resolve/main/{family}/{arch}.pth'
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('model_type', sorted(MODELS_OF))
 @pytest.mark.parametrize('arch', CONFIG_ARCHS)
 def test_config_same_recipe_as_poolformer(model_type, arch):
@@ -466,6 +467,7 @@ def test_config_same_recipe_as_poolformer(model_type, arch):
     assert ours == theirs
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('model_type', sorted(MODELS_OF))
 @pytest.mark.parametrize('arch', CONFIG_ARCHS)
 def test_config_builds_with_matching_channels(model_type, arch):

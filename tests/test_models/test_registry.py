@@ -38,6 +38,7 @@ def run_isolated(code):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('missing,present', [('mmseg', 'mmdet'),
                                              ('mmdet', 'mmseg')])
 def test_one_framework_missing_does_not_hide_the_other(missing, present):
@@ -57,6 +58,7 @@ def test_one_framework_missing_does_not_hide_the_other(missing, present):
         result.stdout + result.stderr)
 
 
+@pytest.mark.integration
 def test_custom_imports_in_config():
     result = run_isolated("""
         from mmengine.config import Config
@@ -81,7 +83,7 @@ def neck_mismatch_cfg(name):
 
     from mmengine.config import Config
 
-    from conftest import CONFIGS
+    from helpers.commands import CONFIGS
     cfg = Config.fromfile(osp.join(CONFIGS, name))
     cfg.model.backbone.init_cfg = None
     # The backbone emits stages 1-3 of S12: [128, 320, 512].
@@ -95,6 +97,7 @@ NECK_MISMATCH = (r'neck \(FPN\) has in_channels=\[64, 128, 320, 512\] but '
                  r'3\)\) emits out_channels=\[128, 320, 512\]')
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('scope,config', [
     ('mmdet', 'retinanet_poolformer_s12.py'),
     ('mmseg', 'sem_fpn_poolformer_s12.py'),

@@ -7,7 +7,10 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 
-from conftest import CONFIGS
+from helpers.commands import CONFIGS
+
+# Segmentors built from the real configs.
+pytestmark = pytest.mark.integration
 
 ARCHS = ('s12', 's24', 's36', 'm36', 'm48')
 PARAMS_M = {'s12': 15.7, 's24': 25.1, 's36': 34.6, 'm36': 59.8, 'm48': 77.1}

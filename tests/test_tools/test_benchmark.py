@@ -1,25 +1,29 @@
-"""tools/benchmark.py runs every variant and reports what it measured.
+"""The backbone benchmark runs every variant and reports what it measured:
+:mod:`poolformer_mm.apis.benchmark`, called here, and tools/benchmark.py,
+run once as a user runs it (with the memory of a variant measured in a
+child process).
 
-A few repetitions at a tiny size: this checks that the tool works and what
-its table holds, never the timings (those are the benchmark's own output).
+A few repetitions at a tiny size: this checks that the benchmark works and
+what its table holds, never the timings (those are the benchmark's own
+output).
 """
-import os.path as osp
+import json
 import re
 
 import pytest
 import torch
-from conftest import load_tool
+from helpers.commands import run_tool
+
+from poolformer_mm.apis.benchmark import (Bench, BenchmarkSettings,
+                                          benchmark, paired_ratio, profile)
+from poolformer_mm.errors import InputError
+
+QUICK = dict(size=(64, 64), threads=1, reps=1, warmup=0)
 
 
-QUICK = ['--size', '64', '64', '--threads', '1', '--reps', '1', '--warmup',
-         '0', '--no-memory']
-
-
-def test_backbone_variants_and_floors(tmp_path):
+def test_backbone_variants_and_floors():
     pytest.importorskip('timm')
-    benchmark = load_tool('benchmark.py')
-    out = benchmark.main(['--arch', 's12', *QUICK, '--json',
-                          str(tmp_path / 'result.json')])
+    out = benchmark(BenchmarkSettings(arch='s12', **QUICK), memory=False)
     eval_names = set(out['results']['eval'])
     train_names = set(out['results']['train'])
     assert {'timm', 'timm_cl', 'ours', 'reference', 'deploy', 'floor_1x1',
@@ -32,6 +36,7 @@ def test_backbone_variants_and_floors(tmp_path):
     for phase in out['results'].values():
         for timing in phase.values():
             assert timing['median_ms'] > 0
+    assert out['deploy_difference'] < 1e-3
     table, paired = out['table'].split('# paired by round')
     assert '| PoolFormer, switch_to_deploy() |' in table
     # The train floor is a column of its own: every row has 11 cells.
@@ -52,53 +57,91 @@ def test_backbone_variants_and_floors(tmp_path):
     for phase in out['results'].values():
         for timing in phase.values():
             assert len(timing['wall_ms']) == 1
-    assert osp.isfile(tmp_path / 'result.json')
+
+
+@pytest.mark.integration
+def test_cli_with_memory_in_a_child(tmp_path):
+    """The one run of the command line: a MetaFormer arch, the peak memory
+    measured in a fresh interpreter, the JSON file."""
+    path = tmp_path / 'result.json'
+    out = run_tool('benchmark.py', '--arch', 'convformer_s18', '--size', 64,
+                   64, '--threads', 1, '--reps', 1, '--warmup', 0,
+                   '--variants', 'ours', '--no-train', '--json', path).stdout
+    assert 'deploy vs default outputs: max relative difference' in out
+    assert 'timing eval: ours' in out
+    row = next(line for line in out.splitlines()
+               if line.startswith('| MetaFormer convformer_s18 (default) |'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert float(cells[-2]) >= 0 and cells[-1] == '-', row
+    assert 'PoolFormer' not in out.split('timing eval: ours')[1]
+    result = json.loads(path.read_text())
+    assert result['memory']['ours:eval'] == pytest.approx(
+        float(cells[-2]), abs=0.05)
+    # The command line's arguments, as before.
+    assert result['args']['no_train'] is True
+    assert result['args']['arch'] == 'convformer_s18'
+    assert result['table'] in out
 
 
 def test_paired_ratio():
-    benchmark = load_tool('benchmark.py')
     base = dict(wall_ms=[10., 10., 10., 10., 10.])
     # Per round 2, 1, 2, 1, 2.5: median 2, quartiles 1 and 2.25.
     timing = dict(wall_ms=[5., 10., 5., 10., 4.])
-    assert benchmark.paired_ratio(base, timing) == '2.00x [1.00-2.25]'
+    assert paired_ratio(base, timing) == '2.00x [1.00-2.25]'
     # Under four rounds the median alone.
-    assert benchmark.paired_ratio(
+    assert paired_ratio(
         dict(wall_ms=[10., 30.]), dict(wall_ms=[5., 10.])) == '2.50x'
-    assert benchmark.paired_ratio(None, timing) == '-'
-    assert benchmark.paired_ratio(base, None) == '-'
+    assert paired_ratio(None, timing) == '-'
+    assert paired_ratio(base, None) == '-'
 
 
-def test_metaformer_rows_go_by_their_arch():
-    benchmark = load_tool('benchmark.py')
-    out = benchmark.main(['--arch', 'convformer_s18', *QUICK, '--variants',
-                          'ours', 'deploy', 'floor_1x1', '--no-train',
-                          '--vary-size', '2'])
-    assert '| MetaFormer convformer_s18 (default) |' in out['table']
+def test_metaformer_deploy_and_varying_sizes():
+    """The rows of a MetaFormer arch go by its name (also in the command
+    line's run); its stem and downsampling run folded, its blocks as
+    'auto'."""
+    out = benchmark(
+        BenchmarkSettings(arch='convformer_s18', vary_size=2, **QUICK),
+        variants=['deploy'], phases=['eval'], memory=False)
+    assert '| MetaFormer convformer_s18, switch_to_deploy() |' in out['table']
     assert 'PoolFormer' not in out['table']
-    # Their stem and downsampling run folded, their blocks as 'auto'.
-    assert 'deploy' in out['results']['eval']
+    assert list(out['results']) == ['eval']
+    assert out['results']['eval']['deploy']['median_ms'] > 0
 
 
-def test_profile_train_step(capsys):
-    benchmark = load_tool('benchmark.py')
-    benchmark.main(['--arch', 's12', *QUICK, '--profile', 'ours',
-                    '--profile-phase', 'train'])
-    assert '# profile of PoolFormer (default) (train, 3 calls)' in (
-        capsys.readouterr().out)
-    with pytest.raises(SystemExit, match='no train run'):
-        benchmark.main(['--arch', 's12', *QUICK, '--profile', 'deploy',
-                        '--profile-phase', 'train'])
+def test_profile_train_step():
+    settings = BenchmarkSettings(arch='s12', **QUICK)
+    assert profile(settings, 'ours', 'train').startswith(
+        '# profile of PoolFormer (default) (train, 3 calls)\n')
+    with pytest.raises(InputError, match='deploy has no train run'):
+        profile(settings, 'deploy', 'train')
+
+
+@pytest.mark.parametrize('settings, message', [
+    (dict(arch='s13'), "unknown arch 's13'"),
+    (dict(size=(16, 64)), 'size must be (H, W), each >= 32'),
+    (dict(dtype='fp64'), "unknown dtype 'fp64'"),
+    (dict(reps=0), 'reps must be >= 1, got 0'),
+    (dict(device='tpu'), "unknown device 'tpu'"),
+])
+def test_bad_settings(settings, message):
+    with pytest.raises(InputError) as exc:
+        BenchmarkSettings(**settings)
+    assert message in str(exc.value)
+
+
+def test_bad_variants():
+    with pytest.raises(InputError, match=r"unknown variant\(s\) \['ourz'\]"):
+        benchmark(variants=['ourz'])
+    with pytest.raises(InputError, match=r"unknown phase\(s\) \['test'\]"):
+        benchmark(phases=['test'])
 
 
 def test_vary_size_cycles_through_sizes():
-    benchmark = load_tool('benchmark.py')
-    args = benchmark.parse_args(['--size', '64', '96', '--vary-size', '3'])
-    bench = benchmark.Bench(args)
+    bench = Bench(BenchmarkSettings(size=(64, 96), vary_size=3))
     inputs = bench._inputs(bench.x_cl)
     shapes = [tuple(next(inputs).shape[2:]) for _ in range(6)]
     assert shapes[:3] == [(64, 96), (96, 192), (128, 128)]
     assert shapes[3:] == shapes[:3]
     assert next(inputs).is_contiguous(memory_format=torch.channels_last)
-    args = benchmark.parse_args(['--size', '64', '96'])
-    inputs = benchmark.Bench(args)._inputs(bench.x)
+    inputs = Bench(BenchmarkSettings(size=(64, 96)))._inputs(bench.x)
     assert next(inputs) is next(inputs) is bench.x

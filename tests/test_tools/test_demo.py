@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CONFIGS, ROOT, TOOLS, run_tool
+from helpers.commands import CONFIGS, ROOT, TOOLS, run_tool
+
+# The demo data writer and the demo trainings, as tools.
+pytestmark = pytest.mark.integration
 
 CLASSES = ('circle', 'square', 'triangle', 'star')
 

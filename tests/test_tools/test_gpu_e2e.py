@@ -15,7 +15,8 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from conftest import ROOT, load_tool
+from helpers.commands import ROOT
+from poolformer_mm.apis import gpu_e2e as driver
 
 FILES = osp.join(ROOT, 'tools', 'gpu_e2e', 'files.txt')
 
@@ -66,6 +67,7 @@ def test_every_requirement_is_carried_or_in_the_image(framework):
         assert name in carried, (framework, requirement)
 
 
+@pytest.mark.integration
 def test_prepare_downloads_exactly_the_list():
     result = subprocess.run(
         ['bash', osp.join(ROOT, 'tools', 'gpu_e2e', 'prepare.sh'),
@@ -87,6 +89,7 @@ def test_prepare_downloads_exactly_the_list():
             assert '--platform manylinux2014_x86_64' in command
 
 
+@pytest.mark.integration
 def test_run_script_refuses_a_machine_without_cuda(tmp_path):
     result = subprocess.run(
         ['bash', osp.join(ROOT, 'tools', 'gpu_e2e', 'run.sh'),
@@ -100,7 +103,6 @@ def test_run_script_refuses_a_machine_without_cuda(tmp_path):
 
 def test_generated_configs_are_the_real_ones_on_demo_data(demo_data,
                                                           tmp_path):
-    driver = load_tool('gpu_e2e/driver.py')
     from mmengine.registry import init_default_scope
     for name, (task, base, _) in driver.MODELS.items():
         path = driver.write_config(name, str(demo_data), 3, 2, str(tmp_path))
@@ -139,7 +141,6 @@ def test_generated_configs_are_the_real_ones_on_demo_data(demo_data,
 
 
 def test_summary_and_table():
-    driver = load_tool('gpu_e2e/driver.py')
     records = [dict(loss=2.0, time=1.0, memory=900),
                dict(loss=1.5, time=0.2, memory=1000),
                dict(loss=1.4, time=0.3, memory=950),

@@ -1,31 +1,42 @@
-"""tools/infer.py: drawn predictions and JSON for an image, a folder and a
-video, with every kind of checkpoint it takes, and the one-line errors for
-what it refuses.
+"""poolformer_mm.apis.inference (tools/infer.py): drawn predictions and JSON
+for an image, a folder and a video, with every kind of checkpoint it takes,
+and the errors for what it refuses; the tool's command line end to end.
 
 The checkpoints come from two-step demo trainings (``trained_demo``), whose
 scores sit far below the default threshold: the detection runs keep the five
 best boxes whatever their score (``DET_ALL``), so that there is something to
 draw and compare, and not a hundred (drawing them takes seconds).
 """
+import contextlib
 import json
+import logging
 import os
 import os.path as osp
 import subprocess
 import sys
+from collections import OrderedDict
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TOOLS, load_tool, run_tool
+from helpers.commands import ROOT, TOOLS
+from mmengine.logging import MMLogger
+
+from poolformer_mm.apis.inference import check_score_thr, infer, list_inputs
+from poolformer_mm.checkpoint import (convert_backbone_state_dict,
+                                      read_checkpoint)
+from poolformer_mm.checkpoint.naming import unwrap_state_dict
+from poolformer_mm.errors import CheckpointError, InputError
 
 CLASSES = ('circle', 'square', 'triangle', 'star')
 SEG_CLASSES = ('background', ) + CLASSES
-DET_OPTIONS = [
-    '--cfg-options', 'model.test_cfg.score_thr=0',
+DET_OPTIONS = {'model.test_cfg.score_thr': 0, 'model.test_cfg.max_per_img': 5}
+DET_ALL = dict(score_thr=0, cfg_options=DET_OPTIONS)
+DET_ALL_ARGS = [
+    '--score-thr', '0', '--cfg-options', 'model.test_cfg.score_thr=0',
     'model.test_cfg.max_per_img=5'
 ]
-DET_ALL = ['--score-thr', '0', *DET_OPTIONS]
 
 
 def read_json(path):
@@ -36,6 +47,37 @@ def read_json(path):
 def val_images(demo_data):
     folder = osp.join(str(demo_data), 'coco', 'val')
     return sorted(osp.join(folder, n) for n in os.listdir(folder))
+
+
+@contextlib.contextmanager
+def logged():
+    """The messages of the current mmengine logger (which writes to the
+    stream of its creation time, not to pytest's capture)."""
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def converted(checkpoint, path, whole_model):
+    """What tools/convert_weights.py writes for ``checkpoint``: the backbone
+    in this package's naming, alone or (``whole_model``) with the neck and
+    heads as they are."""
+    state_dict = unwrap_state_dict(read_checkpoint(checkpoint))
+    backbone, others, fmt = convert_backbone_state_dict(state_dict)
+    if not whole_model:
+        torch.save(backbone, path)
+        return path
+    out = OrderedDict(('backbone.' + k, v) for k, v in backbone.items())
+    out.update((k, state_dict[k]) for k in others
+               if not k.startswith('backbone.'))
+    torch.save(dict(state_dict=out, meta=dict(source_format=fmt)), path)
+    return path
 
 
 def check_detections(record, image):
@@ -55,41 +97,41 @@ def check_detections(record, image):
 @pytest.fixture(scope='module')
 def det_folder(trained_demo, demo_data, tmp_path_factory):
     """The RetinaNet demo checkpoint run on the demo's validation folder:
-    (config, checkpoint, out dir, process result)."""
+    (config, checkpoint, out dir, result)."""
     config, checkpoint, _ = trained_demo('retinanet')
     out = tmp_path_factory.mktemp('infer_folder')
-    result = run_tool('infer.py', config, checkpoint,
-                      osp.join(str(demo_data), 'coco', 'val'), '--out-dir',
-                      out, '--device', 'cpu', *DET_ALL)
+    result = infer(config, checkpoint,
+                   osp.join(str(demo_data), 'coco', 'val'), out_dir=out,
+                   device='cpu', **DET_ALL)
     return config, checkpoint, out, result
 
 
 def test_detection_on_a_folder(det_folder, demo_data):
     _, _, out, result = det_folder
     images = val_images(demo_data)
-    assert sorted(os.listdir(out / 'vis')) == [osp.basename(p) for p in images]
+    names = [osp.basename(p) for p in images]
+    assert sorted(os.listdir(out / 'vis')) == names
     assert sorted(os.listdir(out / 'preds')) == [
-        osp.splitext(osp.basename(p))[0] + '.json' for p in images
+        osp.splitext(n)[0] + '.json' for n in names
     ]
-    for image in images:
+    assert result.kind == 'folder' and not result.backbone_only
+    assert [osp.basename(p) for p in result.vis] == names
+    for image, record, json_file in zip(images, result.records,
+                                        result.preds):
         drawn = cv2.imread(str(out / 'vis' / osp.basename(image)))
         assert drawn.shape == cv2.imread(image).shape
         assert not np.array_equal(drawn, cv2.imread(image)), 'boxes drawn'
-        stem = osp.splitext(osp.basename(image))[0]
-        record = read_json(out / 'preds' / f'{stem}.json')
+        assert read_json(json_file) == json.loads(json.dumps(record))
         assert record['score_thr'] == 0
         check_detections(record, image)
-    # mmengine's progress bar, finished.
-    assert f'{len(images)}/{len(images)}' in result.stdout
 
 
 def test_whole_model_file_on_one_image(det_folder, demo_data, tmp_path):
-    """tools/convert_weights.py --whole-model keeps every tensor: the same
-    predictions as the training checkpoint, above the chosen threshold."""
+    """A whole-model file of tools/convert_weights.py keeps every tensor:
+    the same predictions as the training checkpoint, above the chosen
+    threshold."""
     config, checkpoint, folder_out, _ = det_folder
-    whole = tmp_path / 'whole.pth'
-    load_tool('convert_weights.py').main(
-        [checkpoint, str(whole), '--whole-model'])
+    whole = converted(checkpoint, tmp_path / 'whole.pth', whole_model=True)
     image = val_images(demo_data)[1]
     stem = osp.splitext(osp.basename(image))[0]
     everything = read_json(folder_out / 'preds' / f'{stem}.json')
@@ -98,8 +140,9 @@ def test_whole_model_file_on_one_image(det_folder, demo_data, tmp_path):
     # Between two saved (rounded) scores: no instance sits at the border.
     thr = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
     out = tmp_path / 'out'
-    run_tool('infer.py', config, whole, image, '--out-dir', out, '--score-thr',
-             thr, *DET_OPTIONS)
+    result = infer(config, whole, image, out_dir=out, score_thr=thr,
+                   cfg_options=DET_OPTIONS)
+    assert result.kind == 'image'
     assert os.listdir(out / 'vis') == [osp.basename(image)]
     record = read_json(out / 'preds' / f'{stem}.json')
     check_detections(record, image)
@@ -111,12 +154,13 @@ def test_whole_model_file_on_one_image(det_folder, demo_data, tmp_path):
 
 def test_backbone_weights_only_warn(trained_demo, demo_data, tmp_path):
     config, checkpoint, _ = trained_demo('retinanet')
-    backbone = tmp_path / 'backbone.pth'
-    load_tool('convert_weights.py').main([checkpoint, str(backbone)])
+    backbone = converted(checkpoint, tmp_path / 'backbone.pth',
+                         whole_model=False)
     image = val_images(demo_data)[0]
-    result = run_tool('infer.py', config, backbone, image, '--out-dir',
-                      tmp_path / 'out')
-    output = result.stdout + result.stderr
+    with logged() as messages:
+        result = infer(config, backbone, image, out_dir=tmp_path / 'out')
+    assert result.backbone_only
+    output = '\n'.join(messages)
     assert 'backbone weights only' in output
     assert 'randomly initialised' in output and 'meaningless' in output
     assert osp.isfile(tmp_path / 'out' / 'vis' / osp.basename(image))
@@ -124,7 +168,7 @@ def test_backbone_weights_only_warn(trained_demo, demo_data, tmp_path):
     assert record['image'] == osp.basename(image)
 
 
-def test_detection_on_a_video(trained_demo, demo_data, tmp_path):
+def test_detection_on_a_video(trained_demo, demo_data, tmp_path, capsys):
     config, checkpoint, _ = trained_demo('retinanet')
     frames = val_images(demo_data) + sorted(
         osp.join(str(demo_data), 'coco', 'train', n)
@@ -137,11 +181,14 @@ def test_detection_on_a_video(trained_demo, demo_data, tmp_path):
     writer.release()
     out = tmp_path / 'out'
     # Also the fast path of tools/test.py --deploy.
-    result = run_tool('infer.py', config, checkpoint, video, '--out-dir', out,
-                      '--deploy', *DET_ALL)
-    output = result.stdout + result.stderr
-    assert 'Switched to the deploy (inference) path: backbone' in output
-    assert f'{len(frames)}/{len(frames)}' in result.stdout
+    with logged() as messages:
+        result = infer(config, checkpoint, video, out_dir=out, deploy=True,
+                       **DET_ALL)
+    assert 'Switched to the deploy (inference) path: backbone' in messages
+    # mmengine's progress bar, finished.
+    assert f'{len(frames)}/{len(frames)}' in capsys.readouterr().out
+    assert result.kind == 'video'
+    assert result.vis == [str(out / 'vis' / 'clip.mp4')]
 
     capture = cv2.VideoCapture(str(out / 'vis' / 'clip.mp4'))
     assert capture.isOpened()
@@ -170,11 +217,12 @@ def test_segmentation_on_one_image(trained_demo, demo_data, tmp_path):
     image = osp.join(
         str(demo_data), 'ade', 'images', 'validation', '000000.png')
     out = tmp_path / 'out'
-    run_tool('infer.py', config, checkpoint, image, '--out-dir', out)
+    result = infer(config, checkpoint, image, out_dir=out)
     height, width = cv2.imread(image).shape[:2]
     drawn = cv2.imread(str(out / 'vis' / '000000.png'))
     assert drawn.shape[:2] == (height, width)
     record = read_json(out / 'preds' / '000000.json')
+    assert result.records == [record]
     assert (record['height'], record['width']) == (height, width)
     assert record['label_map'] == '000000_labels.png'
     labels = cv2.imread(
@@ -187,34 +235,58 @@ def test_segmentation_on_one_image(trained_demo, demo_data, tmp_path):
     assert names == [SEG_CLASSES[i] for i in found]
 
 
-def test_checkpoint_of_another_model_is_refused(trained_demo, demo_data,
-                                                tmp_path):
-    """A Semantic FPN checkpoint for the RetinaNet config: mmengine's loader
-    would warn and predict with a half-random model; the tool stops."""
-    config, _, _ = trained_demo('retinanet')
-    _, checkpoint, _ = trained_demo('sem_fpn')
-    out = tmp_path / 'out'
-    cmd = [
-        sys.executable,
-        osp.join(TOOLS, 'infer.py'), config, checkpoint,
-        val_images(demo_data)[0], '--out-dir',
-        str(out)
+def test_command_line(trained_demo, demo_data, tmp_path):
+    """tools/infer.py end to end, side by side: a folder (the progress bar,
+    the summary line); a Semantic FPN checkpoint for the RetinaNet config,
+    which mmengine's loader would load half and predict with, refused in
+    one ``error:`` line (exit status 1); a bad option (exit status 2)."""
+    config, checkpoint, _ = trained_demo('retinanet')
+    _, seg_checkpoint, _ = trained_demo('sem_fpn')
+    tool = [sys.executable, osp.join(TOOLS, 'infer.py'), config]
+    folder = osp.join(str(demo_data), 'coco', 'val')
+    good, bad = tmp_path / 'good', tmp_path / 'bad'
+    cmds = [
+        tool + [checkpoint, folder, '--out-dir', good, '--device', 'cpu',
+                *DET_ALL_ARGS],
+        tool + [seg_checkpoint, folder, '--out-dir', bad],
+        tool + [checkpoint, folder, '--score-thr', '1.5'],
     ]
-    result = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stderr[-3000:]
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith('error: ') and 'Traceback' not in result.stderr
-    assert checkpoint in message and 'does not fit' in message
+    procs = [
+        subprocess.Popen([str(c) for c in cmd], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for cmd in cmds
+    ]
+    (ok, _), (_, refused), (_, usage) = [p.communicate(timeout=600)
+                                         for p in procs]
+    assert [p.returncode for p in procs] == [0, 1, 2], refused[-3000:]
+    count = len(val_images(demo_data))
+    assert f'{count}/{count}' in ok
+    assert f'wrote {count} drawn image(s) to {good / "vis"}' in ok
+    assert len(os.listdir(good / 'preds')) == count
+
+    message = refused.strip().splitlines()[-1]
+    assert message.startswith('error: ') and 'Traceback' not in refused
+    assert seg_checkpoint in message and 'does not fit' in message
     for part in ('missing (e.g. ', 'have other shapes (e.g. neck.',
                  'not in the model (e.g. '):
         assert part in message
+    assert not osp.exists(bad / 'vis')
+    assert '--score-thr must be in [0, 1], got 1.5' in usage
+
+
+def test_checkpoint_of_another_backbone_is_refused(trained_demo, demo_data,
+                                                   tmp_path):
+    """Weights without a PoolFormer backbone fit nothing of the model."""
+    config, _, _ = trained_demo('retinanet')
+    resnet = str(tmp_path / 'resnet.pth')
+    torch.save({'layer1.0.conv1.weight': torch.zeros(1)}, resnet)
+    out = tmp_path / 'out'
+    with pytest.raises(CheckpointError) as exc:
+        infer(config, resnet, val_images(demo_data)[0], out_dir=out)
+    message = str(exc.value)
+    assert resnet in message and 'does not fit' in message
+    assert 'not in the model (e.g. layer1.0.conv1.weight)' in message
     assert not osp.exists(out / 'vis')
-
-
-@pytest.fixture
-def infer():
-    return load_tool('infer.py')
 
 
 def bad_input(case, tmp_path):
@@ -245,23 +317,20 @@ def bad_input(case, tmp_path):
         odd = tmp_path / 'scene.xyz'
         odd.write_text('')
         return [ckpt, odd], ["'.xyz'", str(odd), '.png', '.mp4']
-    if case == 'not a checkpoint':
-        text = tmp_path / 'notes.pth'
-        text.write_text('hello, not a checkpoint')
-        return [text, image], ['not a readable checkpoint', str(text)]
-    assert case == 'no PoolFormer in checkpoint'
-    resnet = str(tmp_path / 'resnet.pth')
-    torch.save({'layer1.0.conv1.weight': torch.zeros(1)}, resnet)
-    return [resnet, image], ['No PoolFormer weights', resnet]
+    assert case == 'not a checkpoint'
+    text = tmp_path / 'notes.pth'
+    text.write_text('hello, not a checkpoint')
+    return [text, image], ['not a readable checkpoint', str(text)]
 
 
 @pytest.mark.parametrize('case', [
     'config', 'checkpoint', 'input', 'unreadable image', 'empty folder',
-    'unknown extension', 'not a checkpoint', 'no PoolFormer in checkpoint'
+    'unknown extension', 'not a checkpoint'
 ])
-def test_bad_input_is_one_line_error(infer, case, tmp_path):
+def test_bad_input_is_refused(case, tmp_path):
     """Refused before any model is built (so in this process: no framework
-    state is set), in one line naming the value."""
+    state is set), naming the value; the tool prints it as its one
+    ``error:`` line."""
     config = osp.join(ROOT, 'configs', 'demo',
                       'retinanet_poolformer_s12_demo.py')
     if case == 'config':
@@ -270,34 +339,33 @@ def test_bad_input_is_one_line_error(infer, case, tmp_path):
     else:
         args, named = bad_input(case, tmp_path)
     out = tmp_path / 'out'
-    with pytest.raises(SystemExit) as exc:
-        infer.main([config, *map(str, args), '--out-dir', str(out)])
-    message = exc.value.code
-    # sys.exit(str): printed to stderr, exit status 1.
-    assert isinstance(message, str) and message.startswith('error: ')
-    assert '\n' not in message
+    with pytest.raises((InputError, CheckpointError)) as exc:
+        infer(config, *args, out_dir=out)
+    message = str(exc.value)
     for part in named:
         assert part in message, message
     assert not osp.exists(out)
 
 
-def test_bad_options_are_refused(infer, capsys):
-    with pytest.raises(SystemExit) as exc:
-        infer.main(['a.py', 'b.pth', 'c.png', '--score-thr', '1.5'])
-    assert exc.value.code == 2
-    assert '--score-thr must be in [0, 1], got 1.5' in capsys.readouterr().err
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(InputError,
+                       match=r'--score-thr must be in \[0, 1\], got 1.5'):
+        check_score_thr(1.5, '--score-thr')
+    for options in (dict(score_thr=-0.1), dict(device='gpu:x')):
+        with pytest.raises(InputError, match=list(options)[0]):
+            infer('a.py', 'b.pth', 'c.png', out_dir=tmp_path, **options)
 
 
-def test_folder_of_twins_is_refused(infer, tmp_path):
+def test_folder_of_twins_is_refused(tmp_path):
     """a.png and a.jpg would write the same a.json."""
     folder = tmp_path / 'images'
     folder.mkdir()
     image = np.zeros((8, 8, 3), np.uint8)
     for name in ('a.png', 'a.jpg', 'b.png'):
         cv2.imwrite(str(folder / name), image)
-    with pytest.raises(infer.InputError, match='same name.*: a$'):
-        infer.list_inputs(str(folder))
+    with pytest.raises(InputError, match='same name.*: a$'):
+        list_inputs(str(folder))
     os.remove(folder / 'a.jpg')
-    assert infer.list_inputs(str(folder)) == ('folder', [
+    assert list_inputs(str(folder)) == ('folder', [
         str(folder / 'a.png'), str(folder / 'b.png')
     ])

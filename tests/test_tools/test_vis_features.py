@@ -1,34 +1,50 @@
-"""tools/analysis/vis_features.py draws the four stage outputs of a demo
-model and says which weights it used.
+"""Pictures of the four stage outputs of a demo model, and which weights
+were used: :mod:`poolformer_mm.apis.features`.
 
-The trained demo RetinaNet runs through ``run_tool`` (a subprocess, as a user
-runs it); the other runs call the tool's ``main`` in this process, which
-saves the start-up of a fresh interpreter each.
+The trained demo RetinaNet runs through tools/analysis/vis_features.py in a
+subprocess (``run_tool``, as a user runs it); the other runs call the
+package's functions in this process, which saves the start-up of a fresh
+interpreter each.
 """
 import glob
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIGS, TOOLS, load_tool, run_tool
-from tiny_demo import state_dict
+from helpers.commands import CONFIGS, run_tool
+from helpers.tiny_demo import state_dict
 
-SCRIPT = osp.join(TOOLS, 'analysis', 'vis_features.py')
+from poolformer_mm.apis import features
+from poolformer_mm.apis.common import exit_on_error
+from poolformer_mm.apis.runs import load_config
+
+# Trained demo checkpoints and the real configs.
+pytestmark = pytest.mark.integration
+
 SEM_FPN = osp.join(CONFIGS, 'demo', 'sem_fpn_poolformer_s12_demo.py')
 COLUMNS = ('stage', 'stride', 'channels', 'size', 'mean', 'std', 'min',
            'max', 'pre_mean', 'pre_std')
 
 
-def vis(capsys, *args):
-    """Run the tool in this process; its printed report."""
-    load_tool('analysis/vis_features.py').main([str(a) for a in args])
-    return capsys.readouterr().out
+def vis(config, image, out, checkpoint=None, **kwargs):
+    """Run :func:`features.visualize` in this process: the report as the
+    tool prints it, the picture's (width, height) and its columns."""
+    result, size = features.visualize(
+        str(config), str(image), str(out),
+        None if checkpoint is None else str(checkpoint), **kwargs)
+    return features.format_features(result), size, result.columns
+
+
+def printed_picture(report):
+    """(width, height) and columns of the picture the tool says it wrote."""
+    m = re.search(r'wrote .*: (\d+)x(\d+) px, 4 rows \(stages\) x (\d+) '
+                  r'columns', report)
+    assert m, report
+    return (int(m.group(1)), int(m.group(2))), int(m.group(3))
 
 
 def stage_table(report):
@@ -50,17 +66,14 @@ def numbers(rows):
     return [[r[k] for k in COLUMNS[4:]] for r in rows]
 
 
-def picture(path, report):
+def picture(path, size):
     """The written picture as an array; its size is the one reported."""
     image = np.asarray(Image.open(path).convert('RGB'))
-    m = re.search(r'wrote .*: (\d+)x(\d+) px, 4 rows \(stages\) x (\d+) '
-                  r'columns', report)
-    assert m, report
-    assert image.shape[:2] == (int(m.group(2)), int(m.group(1)))
+    assert image.shape[:2] == (size[1], size[0])
     # Heat maps, not a blank or constant canvas.
     assert image.std() > 20
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 1000
-    return image, int(m.group(3))
+    return image
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +83,8 @@ def image(demo_data):
 
 @pytest.fixture(scope='module')
 def trained(trained_demo, image, tmp_path_factory):
-    """(config, checkpoint, report, picture) of the trained demo."""
+    """(config, checkpoint, report, picture) of the trained demo, drawn by
+    the command line tool."""
     config, checkpoint, _ = trained_demo('retinanet')
     out = tmp_path_factory.mktemp('vis') / 'trained.png'
     report = run_tool('analysis/vis_features.py', config, checkpoint, image,
@@ -96,25 +110,30 @@ def test_trained_checkpoint(trained):
     assert [r['size'] for r in rows] == ['40x40', '20x20', '10x10', '5x5']
     assert [r['channels'] for r in rows] == ['64', '128', '320', '512']
     assert all(len(r['top']) == 4 for r in rows)
-    _, columns = picture(out, report)
+    size, columns = printed_picture(report)
+    picture(out, size)
     assert columns == 6
 
 
-def test_random_weights_differ(trained, image, tmp_path, capsys):
+def test_random_weights_differ(trained, image, tmp_path):
     config, _, trained_report, trained_out = trained
     out = tmp_path / 'random.png'
-    report = vis(capsys, config, image, '--out', out)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    report, size, _ = vis(config, image, out)
+    # Seeded inside, the caller's random state kept.
+    assert torch.equal(torch.random.get_rng_state(), state)
     assert 'weights: RANDOM (seed 0)' in report
     assert 'backbone tensors loaded' not in report
     assert numbers(stage_table(report)) != numbers(
         stage_table(trained_report))
-    random_image, _ = picture(out, report)
-    trained_image, _ = picture(trained_out, trained_report)
+    random_image = picture(out, size)
+    trained_image = picture(trained_out, printed_picture(trained_report)[0])
     assert random_image.shape == trained_image.shape
     assert (random_image != trained_image).any()
 
 
-def test_backbone_only_weights(trained, image, tmp_path, capsys):
+def test_backbone_only_weights(trained, image, tmp_path):
     config, checkpoint, trained_report, trained_out = trained
     weights = {
         k[len('backbone.'):]: v
@@ -124,7 +143,7 @@ def test_backbone_only_weights(trained, image, tmp_path, capsys):
     path = tmp_path / 'backbone.pth'
     torch.save(weights, path)
     out = tmp_path / 'backbone.png'
-    report = vis(capsys, config, path, image, '--out', out, '--topk', 2)
+    report, size, columns = vis(config, image, out, path, topk=2)
     assert (f'weights: {path} (poolformer_mm naming): {len(weights)} '
             'backbone tensors loaded') in report
     assert 'tensors of the file not used' not in report
@@ -133,43 +152,63 @@ def test_backbone_only_weights(trained, image, tmp_path, capsys):
         stage_table(trained_report))
     assert all(len(r['top']) == 2 for r in stage_table(report))
     # Two channels fewer: two panel columns fewer, rows unchanged.
-    small, columns = picture(out, report)
-    large, _ = picture(trained_out, trained_report)
+    small = picture(out, size)
+    large = picture(trained_out, printed_picture(trained_report)[0])
     assert columns == 4
     assert small.shape[0] == large.shape[0]
     assert small.shape[1] * 6 == large.shape[1] * 4
 
 
-def test_shape_override(trained, image, tmp_path, capsys):
-    report = vis(capsys, trained[0], image, '--out', tmp_path / 'wide.png',
-                 '--shape', 64, 96)
+def test_classifier_head_counted_as_unused(trained, tmp_path):
+    """Backbone weights beside a classifier head (as timm's): the head is
+    not loaded and is counted as unused."""
+    config, checkpoint, _, _ = trained
+    cfg = load_config(config)
+    weights = {
+        k[len('backbone.'):]: v
+        for k, v in state_dict(checkpoint).items()
+        if k.startswith('backbone.')
+    }
+    path = str(tmp_path / 'with_head.pth')
+    torch.save(dict(weights, **{'head.fc.weight': torch.zeros(2, 512)}),
+               path)
+    lines, label = features.load_weights(features.build_backbone(cfg), cfg,
+                                         path)
+    assert label == 'with_head.pth'
+    assert f'{len(weights)} backbone tensors loaded' in lines[1]
+    assert lines[-1] == ('  1 tensors of the file not used (not backbone '
+                         'weights): 1 beside the backbone weights (e.g. a '
+                         'classifier head)')
+
+
+def test_shape_override(trained, image, tmp_path):
+    report, size, _ = vis(trained[0], image, tmp_path / 'wide.png',
+                          shape=(64, 96))
     assert '96x96 -> 64x96 (--shape 64 96)' in report
     assert 'weights: RANDOM (seed 0)' in report
     assert [r['size'] for r in stage_table(report)] == [
         '16x24', '8x12', '4x6', '2x3'
     ]
-    wide, _ = picture(tmp_path / 'wide.png', report)
-    square, _ = picture(trained[3], trained[2])
+    wide = picture(tmp_path / 'wide.png', size)
+    square = picture(trained[3], printed_picture(trained[2])[0])
     # Panels follow the input's aspect ratio: as wide, less high.
     assert wide.shape[1] == square.shape[1]
     assert wide.shape[0] < square.shape[0]
 
 
-def test_segmentation_test_pipeline(image):
+def test_segmentation_test_pipeline():
     """Resize, then ResizeToMultiple, then the data preprocessor's
     normalisation, as the segmentation demo's test pipeline does."""
     from mmengine.config import Config
-    tool = load_tool('analysis/vis_features.py')
     cfg = Config.fromfile(SEM_FPN)
-    args = tool.parse_args([SEM_FPN, image])
     img = np.zeros((50, 100, 3), np.uint8)
     img[..., 0] = 255  # blue in BGR
-    resized, how = tool.resize_image(img, cfg, args)
+    resized, how = features.resize_image(img, cfg)
     # 100x50 into 160x160 keeping the ratio: 160x80, 80 rounds up to 96.
     assert resized.shape == (96, 160, 3)
     assert how == ('test pipeline Resize(scale=(160, 160), keep_ratio=True)'
                    ', ResizeToMultiple(32)')
-    x, how = tool.preprocess(resized, cfg)
+    x, how = features.preprocess(resized, cfg)
     assert x.shape == (1, 3, 96, 160)
     assert how.startswith('BGR->RGB, mean [123.675')
     # RGB order after the flip: blue is the last channel.
@@ -188,44 +227,42 @@ def bad_inputs(tmp_path, config, checkpoint, image):
     hello.write_text('hello\n')
     other = tmp_path / 'other.pth'
     torch.save({'fc.weight': torch.zeros(2, 2)}, other)
+    # (config, image, checkpoint, options), what the one error line says
     return [
-        ((tmp_path / 'none.py', image), "config not found: '"),
-        ((config, tmp_path / 'none.pth', image), "checkpoint not found: '"),
-        ((config, tmp_path / 'none.png'), "image not found: '"),
-        ((config, text), f"cannot read image '{text}'"),
-        ((resnet, image), "model.backbone.type 'ResNet'; this tool draws"),
-        ((config, other, image), f"cannot use checkpoint '{other}': No "
+        ((tmp_path / 'none.py', image, None, {}), "config file not found: '"),
+        ((config, image, tmp_path / 'none.pth', {}),
+         "checkpoint not found: '"),
+        ((config, tmp_path / 'none.png', None, {}), "image not found: '"),
+        ((config, text, None, {}), f"cannot read image '{text}'; give an "
+         'image file that OpenCV reads (.jpg, .png, ...)'),
+        ((resnet, image, None, {}), "model.backbone.type 'ResNet'; only this "
+         "package's backbones are drawn"),
+        ((config, image, other, {}), f"cannot use checkpoint '{other}': No "
          'PoolFormer weights'),
         # Whatever torch.load raises on text: one line naming the file.
-        ((config, hello, image), f"cannot use checkpoint '{hello}': "),
-        ((config, checkpoint, image, '--cfg-options',
-          'model.backbone.arch=m36'), 'Shape mismatch'),
-        ((config, image, '--shape', 8, 8), '--shape H W must be at least'),
+        ((config, image, hello, {}), f"cannot use checkpoint '{hello}': "),
+        ((config, image, checkpoint,
+          dict(cfg_options={'model.backbone.arch': 'm36'})),
+         "does not fit the config's model"),
+        ((config, image, None, dict(shape=(8, 8))),
+         '--shape H W must be at least'),
+        ((config, image, None, dict(alpha=2.)), '--alpha must be in 0..1'),
+        ((config, image, None, dict(topk=-1)), '--topk must be 0 or more'),
     ]
 
 
 def test_bad_inputs(trained, image, tmp_path, capsys):
+    """Each refused with one line, ``error: ...``, and exit status 1 as the
+    tool prints it; nothing is drawn."""
     config, checkpoint, _, _ = trained
-    tool = load_tool('analysis/vis_features.py')
+    out = tmp_path / 'x.png'
     for args, message in bad_inputs(tmp_path, config, checkpoint, image):
-        with pytest.raises(SystemExit) as exc:
-            tool.main([str(a) for a in (*args, '--out', tmp_path / 'x.png')])
-        text = str(exc.value.code)
-        assert text.startswith('error: ') and message in text, (args, text)
-        assert '\n' not in text
-    assert not osp.exists(tmp_path / 'x.png')
-
-
-def test_bad_input_exits_without_traceback(trained, tmp_path):
-    config = trained[0]
-    text = tmp_path / 'text.png'
-    text.write_text('not an image\n')
-    result = subprocess.run(
-        [sys.executable, SCRIPT, config, text, '--out', tmp_path / 'x.png'],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert 'Traceback' not in result.stderr
-    errors = [line for line in result.stderr.splitlines()
-              if line.startswith('error: ')]
-    assert errors == [f"error: cannot read image '{text}'; give an image "
-                      "file that OpenCV reads (.jpg, .png, ...)"]
+        config_, image_, checkpoint_, options = args
+        with pytest.raises(SystemExit) as exc, exit_on_error(status=1):
+            vis(config_, image_, out, checkpoint_, **options)
+        assert exc.value.code == 1
+        # Beside it stderr may hold warnings of lazy imports.
+        errors = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith('error: ')]
+        assert len(errors) == 1 and message in errors[0], (args, errors)
+    assert not osp.exists(out)

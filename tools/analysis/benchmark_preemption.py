@@ -3,11 +3,11 @@
 The hook does one thing per iteration: the processes agree whether any of
 them got a stop signal (``PreemptionHook.stop_requested``: an all-reduce of
 one integer, then reading it). This starts ``--procs`` processes (gloo on
-CPUs, NCCL with ``--device cuda``), trains a DDP-wrapped PoolFormer
-backbone (loss: the sum of its output means; AdamW) and alternates rounds of
-``--steps`` training steps without and with the hook's per-iteration call.
-It prints, from rank 0, the median step time of each, their ratio paired by
-round (median and quartiles), and the median time of the call alone.
+CPUs, NCCL with ``--device cuda``), trains a DDP-wrapped backbone (loss: the
+sum of its output means; AdamW) and alternates rounds of ``--steps`` training
+steps without and with the hook's per-iteration call. It prints, from rank
+0, the median step time of each, their ratio paired by round (median and
+quartiles), and the median time of the call alone.
 
 Example:
     python tools/analysis/benchmark_preemption.py --procs 2 --threads 1
@@ -22,6 +22,9 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from poolformer_mm.apis.common import (build_backbone, exit_on_error,
+                                       resolve_arch)
 
 
 def parse_args(argv=None):
@@ -42,8 +45,11 @@ def parse_args(argv=None):
     parser.add_argument('--calls', type=int, default=200,
                         help='calls of stop_requested() timed alone')
     args = parser.parse_args(argv)
-    if args.procs < 1:
-        parser.error(f'--procs must be >= 1, not {args.procs}')
+    # Quartiles need two rounds; a step time, one step; a median, one call.
+    for name, low in (('procs', 1), ('rounds', 2), ('steps', 1), ('calls', 1)):
+        if getattr(args, name) < low:
+            parser.error(f'--{name} must be >= {low}, not '
+                         f'{getattr(args, name)}')
     if args.device not in ('cpu', 'cuda'):
         parser.error(f"--device must be 'cpu' or 'cuda', not "
                      f'{args.device!r}')
@@ -51,11 +57,6 @@ def parse_args(argv=None):
         parser.error(f'--procs {args.procs} needs as many GPUs; '
                      f'{torch.cuda.device_count()} visible')
     return args
-
-
-def _quartiles(values):
-    q1, q2, q3 = statistics.quantiles(values, n=4)
-    return q1, q2, q3
 
 
 def _worker(rank, args, port):
@@ -67,11 +68,10 @@ def _worker(rank, args, port):
     dist.init_process_group('nccl' if cuda else 'gloo', rank=rank,
                             world_size=args.procs)
     from poolformer_mm.engine import PreemptionHook
-    from poolformer_mm.models.backbones import PoolFormer
 
     device = torch.device('cuda', rank) if cuda else torch.device('cpu')
     torch.manual_seed(0)
-    model = PoolFormer(arch=args.arch, out_indices=(0, 1, 2, 3)).to(device)
+    model = build_backbone(args.arch, out_indices=(0, 1, 2, 3)).to(device)
     model.train()
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[rank] if cuda else None)
@@ -79,9 +79,7 @@ def _worker(rank, args, port):
     images = torch.randn(args.batch, 3, *args.size, device=device)
     hook = PreemptionHook()
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def step(with_hook):
         optimizer.zero_grad(set_to_none=True)
@@ -107,8 +105,7 @@ def _worker(rank, args, port):
     without, with_hook = [], []
     for index in range(args.rounds):
         # Alternate the order so that neither always runs second.
-        order = (False, True) if index % 2 == 0 else (True, False)
-        for flag in order:
+        for flag in (index % 2 == 1, index % 2 == 0):
             (with_hook if flag else without).append(round_time(flag))
 
     calls = []
@@ -120,17 +117,16 @@ def _worker(rank, args, port):
 
     if rank == 0:
         ratios = [w / wo for w, wo in zip(with_hook, without)]
-        q1, q2, q3 = _quartiles(ratios)
+        q1, q2, q3 = statistics.quantiles(ratios, n=4)
         call = statistics.median(calls)
         print(f'torch {torch.__version__}, {platform.processor() or ""} '
               f'{platform.machine()}, {os.cpu_count()} CPUs, '
               f'{args.procs} processes x {args.threads} threads, '
               f'device {args.device}')
-        print(f'PoolFormer-{args.arch.upper()} backbone, '
+        print(f'{type(model).__name__}-{args.arch.upper()} backbone, '
               f'{args.batch}x3x{args.size[0]}x{args.size[1]} per process, '
               f'{args.rounds} rounds of {args.steps} steps')
-        print('| step | median ms |')
-        print('|---|---|')
+        print('| step | median ms |\n|---|---|')
         print(f'| without the hook | {statistics.median(without) * 1e3:.2f} |')
         print(f'| with the hook | {statistics.median(with_hook) * 1e3:.2f} |')
         print(f'with / without, paired by round: median {q2:.4f} '
@@ -142,6 +138,8 @@ def _worker(rank, args, port):
 
 def main(argv=None):
     args = parse_args(argv)
+    with exit_on_error('benchmark_preemption.py'):
+        resolve_arch(args.arch)  # here, not as a traceback in each worker
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]

@@ -19,7 +19,7 @@ import math
 import os.path as osp
 import sys
 
-from conftest import CONFIGS, TOOLS, run_commands
+from helpers.commands import CONFIGS, TOOLS, run_commands
 
 DEMO_CONFIG = osp.join(CONFIGS, 'demo', 'retinanet_poolformer_s12_demo.py')
 DEMO_MODELS = ('retinanet', 'mask_rcnn', 'sem_fpn')
