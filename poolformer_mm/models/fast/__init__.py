@@ -19,6 +19,11 @@ the backbones. A backbone's ``impl`` / ``deploy`` arguments (or its
   :mod:`.folded` (:data:`DEPLOY_MODULES`), whose constants :mod:`.folding`
   computes; what ``deploy=True``, ``switch_to_deploy()`` and
   ``tools/test.py --deploy`` select.
+- ``'triton'`` (opt-in, for training on GPUs): the fused Triton kernels of
+  :mod:`.triton_modules` (:data:`TRITON_MODULES`) where they fit, the
+  ``'auto'`` modules elsewhere. Needs triton (a clear ``ImportError``
+  without it); the kernels are imported at the first forward, never at
+  ``import poolformer_mm``.
 
 Which modules fit which fast module is decided by the device-neutral checks
 of :mod:`.patterns` and each fast module's ``fits``. A replacement takes over
@@ -37,15 +42,16 @@ from .cpu import ChannelsLastStem, FastPooling, FusedMlp, FusedPoolBlock
 from .cuda import GroupNorm1
 from .folded import (DeployDownsampling, DeployPoolBlock, DeployStage,
                      DeployStem)
+from .triton_modules import TRITON_MODULES, require_triton
 
-IMPLS = ('auto', 'reference', 'deploy')
+IMPLS = ('auto', 'reference', 'deploy', 'triton')
 # Tried in this order on every module (blocks before the norms and pooling
 # inside them, whose exact types the block replacements check).
 AUTO_MODULES = (FusedPoolBlock, GroupNorm1, FastPooling, FusedMlp,
                 ChannelsLastStem)
 DEPLOY_MODULES = (DeployPoolBlock, DeployStage, DeployStem,
                   DeployDownsampling)
-_FAST_MODULES = AUTO_MODULES + DEPLOY_MODULES
+_FAST_MODULES = AUTO_MODULES + DEPLOY_MODULES + TRITON_MODULES
 
 
 def reference_type(module: nn.Module) -> Type[nn.Module]:
@@ -95,12 +101,17 @@ def apply_impl(model: nn.Module, impl: str) -> None:
 
     Raises:
         ValueError: ``impl`` is not one of :data:`IMPLS`.
+        ImportError: ``impl='triton'`` where triton cannot be imported.
     """
     if impl not in IMPLS:
         raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+    if impl == 'triton':
+        require_triton()
     _replace(model, reference_type)
     if impl in ('auto', 'deploy'):
         _replace(model, _first_fit(AUTO_MODULES))
+    if impl == 'triton':
+        _replace(model, _first_fit(TRITON_MODULES + AUTO_MODULES))
     if impl == 'deploy':
         _replace(model, _first_fit(DEPLOY_MODULES))
     model.impl = impl
