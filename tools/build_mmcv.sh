@@ -11,7 +11,12 @@ if [[ $# -ne 3 ]]; then
     echo "usage: $0 PYTHON SDIST OUT_DIR" >&2
     exit 2
 fi
-PY=$1
+# Absolute (the build runs inside the unpacked source), links kept: a
+# virtual environment's python is a link to the base interpreter.
+case "$1" in
+*/*) PY="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" ;;
+*) PY="$(command -v "$1")" ;;
+esac
 SDIST=$2
 OUT=$3
 
@@ -30,6 +35,46 @@ except OSError:
 print(max((years.get(v, 17) for v in found), default=17))
 EOF
 )"
+
+# A CUDA build compiles torch's ATen/cuda headers, which include the CUDA
+# math libraries' headers (cusparse.h, cublas_v2.h, ...). A toolkit installed
+# as compiler and runtime only lacks them (these build machines' CUDA 13.0,
+# and the GPU machine's image), but torch's own CUDA wheels carry them under
+# site-packages/nvidia/cu*/include of the environment: put that folder on
+# the compiler's include path when the toolkit has no cusparse.h.
+if [[ "${FORCE_CUDA:-0}" == 1 ]] ||
+    "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    if [[ -z "${CUDA_HOME:-}" ]]; then
+        # torch takes nvcc's grandparent folder, which is wrong for an nvcc on
+        # the PATH that is a wrapper script or a link (/usr/local/bin/nvcc).
+        if [[ -x /usr/local/cuda/bin/nvcc ]]; then
+            CUDA_HOME=/usr/local/cuda
+        else
+            CUDA_HOME="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
+        fi
+        export CUDA_HOME
+    fi
+    CUDA_INCLUDE="$CUDA_HOME/include"
+    if [[ ! -f "$CUDA_INCLUDE/cusparse.h" ]]; then
+        WHEEL_INCLUDE="$("$PY" - <<'EOF'
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+found = [d for r in roots
+         for d in sorted(glob.glob(os.path.join(r, 'nvidia', 'cu*', 'include')))
+         if os.path.isfile(os.path.join(d, 'cusparse.h'))]
+print(found[0] if found else '')
+EOF
+)"
+        if [[ -z "$WHEEL_INCLUDE" ]]; then
+            echo "[build_mmcv] $CUDA_INCLUDE has no cusparse.h, and torch's CUDA wheels" \
+                "(site-packages/nvidia/cu*/include) carry none either: install the CUDA" \
+                "math libraries' headers" >&2
+            exit 1
+        fi
+        echo "[build_mmcv] CUDA math libraries' headers from $WHEEL_INCLUDE" >&2
+        export CPATH="$WHEEL_INCLUDE${CPATH:+:$CPATH}"
+    fi
+fi
 
 SRC="$(mktemp -d)"
 trap 'rm -rf "$SRC"' EXIT

@@ -6,12 +6,11 @@
 # TESTED below is the exact set this script installs and the tests run on.
 #
 # mmcv 2.1.0 has no wheel for current torch, so it is built once from its
-# PyPI sdist and the wheel is cached outside the checkout, keyed by the mmcv,
-# torch and Python versions (and CUDA, when ops are built for it):
-#   ${POOLFORMER_MM_CACHE:-~/.cache/poolformer_mm}/wheels/<key>/mmcv-*.whl
-# On a machine with a GPU and nvcc, the same path builds CUDA ops because
-# mmcv's setup.py sees torch.cuda.is_available(); FORCE_CUDA=1 forces it on
-# a build host without a GPU (CUDA_HOME must point to the toolkit).
+# PyPI sdist and the wheel is cached outside the checkout (tools/mmcv_wheel.sh
+# says how). On a machine with a GPU and nvcc, the same path builds CUDA ops
+# because mmcv's setup.py sees torch.cuda.is_available(); FORCE_CUDA=1 forces
+# it on a build host without a GPU (make setup-cuda builds and checks the
+# data-centre GPUs' wheel without touching .venv).
 #
 # Re-running is cheap: a stamp in .venv records the hash of this script and
 # setup.py, and the work is skipped while both are unchanged.
@@ -25,7 +24,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
-CACHE="${POOLFORMER_MM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/poolformer_mm}"
 
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
@@ -40,7 +38,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 stamp_value() {
     cat "$ROOT/tools/setup_env.sh" "$ROOT/tools/build_mmcv.sh" "$ROOT/setup.py" \
-        "$ROOT"/requirements/*.txt \
+        "$ROOT/tools/mmcv_wheel.sh" "$ROOT"/requirements/*.txt \
         | sha256sum | cut -d' ' -f1
 }
 
@@ -72,35 +70,10 @@ pip_install() {
 pip_install -q --upgrade pip "$SETUPTOOLS_SPEC" wheel ninja
 pip_install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
-build_mmcv_wheel() {
-    local out="$1" src
-    src="$(mktemp -d)"
-    log "building mmcv $MMCV_VERSION with ops; this takes ~10 min on 2 cores"
-    "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
-        -d "$src" "mmcv==$MMCV_VERSION"
-    mkdir -p "$out"
-    bash "$ROOT/tools/build_mmcv.sh" "$PY" "$src/mmcv-$MMCV_VERSION.tar.gz" "$out.tmp"
-    mv "$out.tmp"/mmcv-*.whl "$out"/
-    rm -rf "$out.tmp" "$src"
-}
-
 install_mmcv() {
-    local key out pyver torchver cuda
-    pyver="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
-    torchver="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
-    cuda="cpu"
-    if "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' ||
-        [[ "${FORCE_CUDA:-0}" == 1 ]]; then
-        cuda="cuda$("$PY" -c 'import torch; print(torch.version.cuda)')"
-    fi
-    key="mmcv-$MMCV_VERSION-torch$torchver-$pyver-$cuda-$(uname -m)"
-    out="$CACHE/wheels/$key"
-    if ! compgen -G "$out/mmcv-*.whl" >/dev/null; then
-        build_mmcv_wheel "$out"
-    else
-        log "reusing cached mmcv wheel: $out"
-    fi
-    pip_install -q --no-deps "$out"/mmcv-*.whl
+    local wheel
+    wheel="$(bash "$ROOT/tools/mmcv_wheel.sh" "$PY" "$MMCV_VERSION")"
+    pip_install -q --no-deps "$wheel"
 }
 
 if "$PY" -c 'import mmcv, sys; sys.exit(mmcv.__version__ != "'$MMCV_VERSION'")' 2>/dev/null &&

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Maintainers (`make setup-cuda`): build mmcv with CUDA ops for the
+# data-centre GPUs users train on, on a machine without a GPU, cache it like
+# the CPU wheel (tools/mmcv_wheel.sh), install it into a throw-away folder and
+# check that it imports and holds the CUDA kernels the configs' heads call
+# and device code for every architecture asked for (tools/check_mmcv_cuda.py).
+# .venv and its CPU mmcv stay as they are.
+#
+# Environment:
+#   ARCHS      TORCH_CUDA_ARCH_LIST to build ('8.0;9.0': A100, H100/H200)
+#   CUDA_HOME  the toolkit (found from nvcc otherwise, see build_mmcv.sh)
+#   MAX_JOBS   parallel compile jobs (nproc)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="$ROOT/.venv/bin/python"
+ARCHS="${ARCHS:-8.0;9.0}"
+MMCV_VERSION="$(sed -n 's/^MMCV_VERSION=//p' "$ROOT/tools/setup_env.sh")"
+if ! command -v nvcc >/dev/null && [[ -z "${CUDA_HOME:-}" ]]; then
+    echo "[setup_cuda] no nvcc on PATH and no CUDA_HOME: a CUDA toolkit is needed" >&2
+    exit 1
+fi
+bash "$ROOT/tools/setup_env.sh"
+wheel="$(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCHS" \
+    bash "$ROOT/tools/mmcv_wheel.sh" "$PY" "$MMCV_VERSION")"
+echo "[setup_cuda] $wheel" >&2
+cat "$(dirname "$wheel")/build.txt" >&2 2>/dev/null || true
+target="$(mktemp -d)"
+trap 'rm -rf "$target"' EXIT
+"$PY" -m pip --disable-pip-version-check install -q --no-deps --target "$target" "$wheel"
+PYTHONPATH="$target" "$PY" "$ROOT/tools/check_mmcv_cuda.py" --archs "$ARCHS" \
+    --inside "$target"
