@@ -60,6 +60,8 @@ SLOW = re.compile('|'.join([
 ]))
 
 
+# Before pytest-xdist's own hook, which reads the xdist_group marks.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         fixtures = set(getattr(item, 'fixturenames', ()))
