@@ -211,22 +211,28 @@ def resumable_dataloader_cfg(dataloader_cfg: dict,
     return cfg
 
 
-def _resumable(dataloader: Union[DataLoader, Dict], runner,
-               seed_per_sample: bool) -> Union[DataLoader, Dict]:
-    """The train dataloader (config) of a resumable loop: see
-    :func:`resumable_dataloader_cfg`; seeded per sample with the runner's
-    seed when ``seed_per_sample``."""
-    if isinstance(dataloader, dict):
-        return resumable_dataloader_cfg(
-            dataloader, runner.seed if seed_per_sample else None)
-    if seed_per_sample:
-        print_log(
-            'seed_per_sample: the train dataloader was given as an object, '
-            'not a config, so its samples draw from the data-loader '
-            "workers' generators (mmengine's behaviour).",
-            logger='current',
-            level=logging.WARNING)
-    return dataloader
+class _ResumableDataloader:
+    """The train dataloader of the resumable loops (the mixin before
+    mmengine's loop class): :func:`resumable_dataloader_cfg` of the config,
+    seeded per sample with the runner's seed when ``seed_per_sample``."""
+
+    def __init__(self,
+                 runner,
+                 dataloader: Union[DataLoader, Dict],
+                 *args,
+                 seed_per_sample: bool = True,
+                 **kwargs) -> None:
+        if isinstance(dataloader, dict):
+            dataloader = resumable_dataloader_cfg(
+                dataloader, runner.seed if seed_per_sample else None)
+        elif seed_per_sample:
+            print_log(
+                'seed_per_sample: the train dataloader was given as an '
+                'object, not a config, so its samples draw from the '
+                "data-loader workers' generators (mmengine's behaviour).",
+                logger='current',
+                level=logging.WARNING)
+        super().__init__(runner, dataloader, *args, **kwargs)
 
 
 def _load_and_drop(batches: Iterator, done: int) -> Iterator:
@@ -244,7 +250,7 @@ def _load_and_drop(batches: Iterator, done: int) -> Iterator:
 
 
 @LOOPS.register_module()
-class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
+class ResumableEpochBasedTrainLoop(_ResumableDataloader, EpochBasedTrainLoop):
     """``EpochBasedTrainLoop`` that resumes in the middle of an epoch.
 
     Takes the same arguments as :class:`mmengine.runner.EpochBasedTrainLoop`.
@@ -270,15 +276,6 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
         The other arguments are those of ``EpochBasedTrainLoop``.
     """
-
-    def __init__(self,
-                 runner,
-                 dataloader: Union[DataLoader, Dict],
-                 *args,
-                 seed_per_sample: bool = True,
-                 **kwargs) -> None:
-        super().__init__(runner, _resumable(dataloader, runner,
-                                            seed_per_sample), *args, **kwargs)
 
     def batches_done_in_epoch(self) -> int:
         """Batches of the current epoch trained before a resume (0 at the
@@ -329,7 +326,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
 
 @LOOPS.register_module()
-class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
+class ResumableIterBasedTrainLoop(_ResumableDataloader, IterBasedTrainLoop):
     """``IterBasedTrainLoop`` that resumes without loading the batches done.
 
     Takes the same arguments as :class:`mmengine.runner.IterBasedTrainLoop`.
@@ -348,15 +345,6 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
 
         The other arguments are those of ``IterBasedTrainLoop``.
     """
-
-    def __init__(self,
-                 runner,
-                 dataloader: Union[DataLoader, Dict],
-                 *args,
-                 seed_per_sample: bool = True,
-                 **kwargs) -> None:
-        super().__init__(runner, _resumable(dataloader, runner,
-                                            seed_per_sample), *args, **kwargs)
 
     def run(self) -> torch.nn.Module:
         """Launch training: mmengine's loop, resumed by index."""
