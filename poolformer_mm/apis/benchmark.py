@@ -13,7 +13,10 @@ in one process with alternating repetitions (medians):
 - eval forward latency and train step time (forward + backward of the sum of
   the output means) of: timm's ``poolformer_*`` through
   ``forward_intermediates`` (default, and channels_last), this project's
-  backbone (default; with the CPU fast ops off, ``plain``; after
+  backbone (default ``impl='auto'``; ``impl='reference'``;
+  ``impl='triton'``, the fused Triton kernels, where they run; on request
+  ``impl='compile'``, its regions under ``torch.compile``, and
+  ``torch.compile`` of the whole reference backbone; after
   ``switch_to_deploy()``; with ``with_cp``), and, as the floor, the
   backbone's 1x1 convolutions alone (and all its convolutions alone) with
   the fastest kernels available (oneDNN with reordered weights on CPU;
@@ -63,13 +66,21 @@ from .runs import build_model, load_config
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 PHASES = ('eval', 'train')
 MIN_SIZE = 32
-BACKBONE_VARIANTS = ('timm', 'timm_cl', 'ours', 'reference', 'compiled',
-                     'deploy', 'with_cp', 'floor_1x1', 'floor_convs')
+BACKBONE_VARIANTS = ('timm', 'timm_cl', 'ours', 'reference', 'triton',
+                     'compile', 'compiled', 'deploy', 'with_cp', 'floor_1x1',
+                     'floor_convs')
+# Variants that compile for minutes: only when asked for.
+ON_REQUEST = ('compile', 'compiled')
+# The backbone variants and the impl each builds with.
+IMPL_OF = {'ours': 'auto', 'reference': 'reference', 'triton': 'triton',
+           'compile': 'compile', 'compiled': 'reference'}
 LABELS = {
     'timm': 'timm forward_intermediates',
     'timm_cl': 'timm, channels_last',
     'ours': 'PoolFormer (default)',
     'reference': "PoolFormer, impl='reference'",
+    'triton': "PoolFormer, impl='triton'",
+    'compile': "PoolFormer, impl='compile'",
     'compiled': "PoolFormer, torch.compile(impl='reference')",
     'deploy': 'PoolFormer, switch_to_deploy()',
     'with_cp': 'PoolFormer, with_cp=True',
@@ -228,6 +239,36 @@ def timm_model(name: str) -> Optional[nn.Module]:
     return timm.create_model(name, pretrained=False)
 
 
+def triton_unavailable(device: str) -> Optional[str]:
+    """Why ``impl='triton'`` would not run its kernels on ``device`` (its
+    modules would run the reference computation instead), None where it
+    does: triton importable, and CUDA, or the CPU when the kernels are
+    interpreted (``TRITON_INTERPRET=1`` before they were first imported)."""
+    from ..models.fast.triton_modules import require_triton
+    try:
+        require_triton()
+    except ImportError as err:
+        return str(err)
+    from ..models.fast import triton_kernels
+    if not triton_kernels.serves(torch.device(device)):
+        where = ('CPU tensors only (TRITON_INTERPRET=1)'
+                 if triton_kernels.INTERPRETED else 'CUDA tensors only')
+        return (f'the Triton kernels here run on {where}, not on {device}; '
+                'on the CPU set TRITON_INTERPRET=1 before poolformer_mm '
+                'runs them (slow: for tests)')
+    return None
+
+
+def default_variants(device: str) -> List[str]:
+    """What :func:`benchmark` runs without ``variants``: all but those that
+    compile (:data:`ON_REQUEST`), and ``triton`` on CUDA only (on the CPU
+    its kernels run in Triton's interpreter, if at all)."""
+    return [
+        v for v in BACKBONE_VARIANTS if v not in ON_REQUEST and (
+            v != 'triton' or device.startswith('cuda'))
+    ]
+
+
 def outputs_of(model: nn.Module, x: torch.Tensor, timm_api: bool):
     if timm_api:
         return model.forward_intermediates(x, intermediates_only=True)
@@ -320,8 +361,11 @@ class Bench:
                 x = self.x_cl
             fn = self._eval_fn if phase == 'eval' else self._train_fn
             return fn(model, x, timm_api=True)
-        if name in ('ours', 'reference', 'compiled'):
-            model = self.ours(impl='auto' if name == 'ours' else 'reference')
+        if name in IMPL_OF:
+            if name == 'triton' and triton_unavailable(self.device):
+                return None
+            # impl='compile' compiles at its first calls: the warm-up runs.
+            model = self.ours(impl=IMPL_OF[name])
             if name == 'compiled':
                 # The first calls compile; the warm-up runs take them.
                 model = torch.compile(model)
@@ -828,9 +872,12 @@ def profile(settings: BenchmarkSettings,
     bench = Bench(settings)
     fn = bench.make(variant, phase) if bench.applies(variant, phase) else None
     if fn is None:
-        why = (f'timm is not installed or has no {bench.timm_name}'
-               if variant.startswith('timm') else
-               'deploy runs eval only, with_cp train only')
+        if variant.startswith('timm'):
+            why = f'timm is not installed or has no {bench.timm_name}'
+        elif variant == 'triton':
+            why = triton_unavailable(bench.device)
+        else:
+            why = 'deploy runs eval only, with_cp train only'
         raise InputError(f'--profile: {variant} has no {phase} run ({why})')
     for _ in range(2):
         fn()
@@ -865,8 +912,11 @@ def benchmark(settings: Optional[BenchmarkSettings] = None,
         settings (BenchmarkSettings, optional): What to measure on; the
             defaults when None.
         variants (Sequence[str], optional): Backbone variants of
-            :data:`BACKBONE_VARIANTS`; default: all but 'compiled'
-            (torch.compile takes minutes).
+            :data:`BACKBONE_VARIANTS`; default: :func:`default_variants`
+            (not 'compile' and 'compiled': torch.compile takes minutes;
+            'triton' on CUDA only). A variant that cannot run here ('timm'
+            without timm, 'triton' where its kernels do not run) is left
+            out of the results and the table.
         phases (Sequence[str]): 'eval' and / or 'train'. Defaults to both.
         memory (bool): Measure the peak memory of every variant and phase
             (on CPU each in a child process). Defaults to True.
@@ -895,8 +945,7 @@ def benchmark(settings: Optional[BenchmarkSettings] = None,
     if not (backbone or detector):
         raise InputError('nothing to measure: backbone=False and '
                          'detector=False')
-    names = list(variants or [v for v in BACKBONE_VARIANTS
-                              if v != 'compiled'])
+    names = list(variants or default_variants(settings.device))
     _check_variants(names)
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
@@ -932,8 +981,10 @@ def benchmark(settings: Optional[BenchmarkSettings] = None,
             gc.collect()
         for phase in phases if memory else ():
             for name in names:
-                if name.startswith('floor') or not bench.applies(
-                        name, phase):
+                timed = name if phase == 'eval' else 'train_' + name
+                # Not the floors, nor what did not run here (no timm, no
+                # Triton kernels for this device).
+                if name.startswith('floor') or timed not in results[phase]:
                     continue
                 gc.collect()
                 if settings.device.startswith('cuda'):
@@ -969,6 +1020,7 @@ def benchmark(settings: Optional[BenchmarkSettings] = None,
 
 __all__ = [
     'BACKBONE_VARIANTS', 'BenchmarkSettings', 'benchmark',
-    'format_benchmark', 'measure_memory', 'memory_in_child',
-    'paired_ratio', 'profile', 'time_alternating'
+    'default_variants', 'format_benchmark', 'measure_memory',
+    'memory_in_child', 'paired_ratio', 'profile', 'time_alternating',
+    'triton_unavailable'
 ]

@@ -145,3 +145,13 @@ def test_vary_size_cycles_through_sizes():
     assert next(inputs).is_contiguous(memory_format=torch.channels_last)
     inputs = Bench(BenchmarkSettings(size=(64, 96)))._inputs(bench.x)
     assert next(inputs) is next(inputs) is bench.x
+
+
+def test_default_variants():
+    from poolformer_mm.apis.benchmark import default_variants
+    on_cpu, on_cuda = default_variants('cpu'), default_variants('cuda')
+    # torch.compile takes minutes: on request only; Triton's kernels run
+    # interpreted on the CPU.
+    assert not {'compile', 'compiled', 'triton'} & set(on_cpu)
+    assert 'triton' in on_cuda and 'compile' not in on_cuda
+    assert {'timm', 'ours', 'reference', 'deploy', 'floor_1x1'} <= set(on_cpu)

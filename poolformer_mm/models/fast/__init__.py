@@ -24,6 +24,10 @@ the backbones. A backbone's ``impl`` / ``deploy`` arguments (or its
   ``'auto'`` modules elsewhere. Needs triton (a clear ``ImportError``
   without it); the kernels are imported at the first forward, never at
   ``import poolformer_mm``.
+- ``'compile'`` (opt-in): the reference network under ``torch.compile``
+  (inductor, ``dynamic=True``), region by region: the stem, each stage and
+  each output norm (:data:`COMPILE_MODULES` of :mod:`.compiled`, only the
+  outermost modules that fit), each compiled at its first forward.
 
 Which modules fit which fast module is decided by the device-neutral checks
 of :mod:`.patterns` and each fast module's ``fits``. A replacement takes over
@@ -42,16 +46,18 @@ from .cpu import ChannelsLastStem, FastPooling, FusedMlp, FusedPoolBlock
 from .cuda import GroupNorm1
 from .folded import (DeployDownsampling, DeployPoolBlock, DeployStage,
                      DeployStem)
+from .compiled import COMPILE_MODULES
 from .triton_modules import TRITON_MODULES, require_triton
 
-IMPLS = ('auto', 'reference', 'deploy', 'triton')
+IMPLS = ('auto', 'reference', 'deploy', 'triton', 'compile')
 # Tried in this order on every module (blocks before the norms and pooling
 # inside them, whose exact types the block replacements check).
 AUTO_MODULES = (FusedPoolBlock, GroupNorm1, FastPooling, FusedMlp,
                 ChannelsLastStem)
 DEPLOY_MODULES = (DeployPoolBlock, DeployStage, DeployStem,
                   DeployDownsampling)
-_FAST_MODULES = AUTO_MODULES + DEPLOY_MODULES + TRITON_MODULES
+_FAST_MODULES = (AUTO_MODULES + DEPLOY_MODULES + TRITON_MODULES +
+                 COMPILE_MODULES)
 
 
 def reference_type(module: nn.Module) -> Type[nn.Module]:
@@ -87,6 +93,21 @@ def _replace(module: nn.Module,
         _replace(child, choose)
 
 
+def _replace_outermost(
+        module: nn.Module, choose: Callable[[nn.Module],
+                                            Optional[type]]) -> None:
+    """Replace the outermost submodules of ``module`` for which ``choose``
+    names another class, leaving what is inside a replaced one as it is."""
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        cls = choose(child)
+        if cls is not None and cls is not type(child):
+            module._modules[name] = _as(child, cls)
+        else:
+            _replace_outermost(child, choose)
+
+
 def _first_fit(types: Sequence[type]) -> Callable[[nn.Module], Optional[type]]:
 
     def choose(module: nn.Module) -> Optional[type]:
@@ -114,6 +135,9 @@ def apply_impl(model: nn.Module, impl: str) -> None:
         _replace(model, _first_fit(TRITON_MODULES + AUTO_MODULES))
     if impl == 'deploy':
         _replace(model, _first_fit(DEPLOY_MODULES))
+    if impl == 'compile':
+        # A stage compiles with everything in it, its norms included.
+        _replace_outermost(model, _first_fit(COMPILE_MODULES))
     model.impl = impl
     if impl == 'deploy':
         model.eval()
