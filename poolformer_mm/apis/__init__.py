@@ -16,6 +16,9 @@ Each tool under ``tools/`` is argument parsing over one module here:
 - :mod:`.benchmark`: the backbone against timm and the floor
   (``tools/benchmark.py``; its function is :func:`run_benchmark` here, the
   module keeps its name);
+- :mod:`.gpu_check`: the parts of ``tools/gpu_check.sh`` (the fast paths
+  on one GPU; :mod:`.gpu_check_report` writes its table), not imported
+  here;
 - :mod:`.common`: the arch-name lookup and the tools' one-line errors.
 
 Example::
