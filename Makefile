@@ -3,7 +3,7 @@
 #   make test   set up .venv if needed, then run the test suite
 PYTHON_VENV := .venv/bin/python
 
-.PHONY: setup setup-cuda test test-fast demo
+.PHONY: setup setup-cuda setup-onedl test test-fast test-onedl demo
 
 setup:
 	bash tools/setup_env.sh
@@ -23,6 +23,15 @@ test: setup
 test-fast: setup
 	POOLFORMER_MM_FAST_LANE=1 $(PYTHON_VENV) -m pytest -n 2 \
 		-m 'not integration and not slow' tests
+
+# The maintained OpenMMLab fork (onedl-*) in .venv-onedl: the backbone,
+# config, engine, entry-point and install tests there; not part of make test.
+setup-onedl:
+	STACK=onedl bash tools/setup_env.sh
+
+test-onedl: setup-onedl
+	.venv-onedl/bin/python -m pytest -n 2 --dist loadgroup tests/test_models \
+		tests/test_engine tests/test_install.py tests/test_frameworks.py
 
 demo: setup
 	bash tools/run_demo.sh

@@ -3,12 +3,15 @@ MMSegmentation.
 
 torch and mmcv (with ops) are installed by ``tools/setup_env.sh`` before this
 package, as in OpenMMLab projects: their right build depends on the machine.
-The frameworks are extras (``pip install .[mmdet,mmseg]``), so the package
-installs into an environment that has either or both without replacing them.
+The frameworks are extras: ``.[mmdet]``, ``.[mmseg]``, ``.[all]`` for the
+upstream releases, ``.[onedl]`` for the maintained fork (which installs the
+same modules under other distribution names), so the package installs into
+an environment that has either stack without replacing it; importing the
+package names what is missing (``poolformer_mm/frameworks.py``).
 
 As OpenMMLab packages do, the wheel carries the configs and tools under
 ``poolformer_mm/.mim/``, where mmengine looks for ``poolformer_mm::`` base
-configs (see :func:`poolformer_mm.registry.config_dir`).
+configs (see :func:`poolformer_mm.config_dir`).
 """
 import os
 import os.path as osp
@@ -60,7 +63,10 @@ class BuildPyWithMim(build_py):
                 shutil.copyfile(source, target)
 
 
-frameworks = {name: parse_requirements(name) for name in ('mmdet', 'mmseg')}
+frameworks = {
+    name: parse_requirements(name)
+    for name in ('mmdet', 'mmseg', 'onedl')
+}
 
 setup(
     name='poolformer_mm',
@@ -75,7 +81,7 @@ setup(
     install_requires=parse_requirements('runtime'),
     extras_require=dict(
         frameworks,
-        all=frameworks['mmdet'] + frameworks['mmseg'],
+        all=sorted(set(frameworks['mmdet'] + frameworks['mmseg'])),
         deploy=parse_requirements('deploy'),
         tests=parse_requirements('tests')),
     cmdclass={'build_py': BuildPyWithMim},

@@ -13,9 +13,13 @@ package's by ``poolformer_mm::<folder>/<file>``
 ``weights_only`` allowlist: the checkpoints it writes are plain data
 (:mod:`poolformer_mm.checkpoint`).
 """
-from . import engine  # noqa: F401  (registers the training runtime)
-from .models import MetaFormer, PoolFormer
-from .config_package import config_dir
-from .version import __version__
+from .frameworks import check_frameworks
+
+check_frameworks()  # before anything imports mmengine or mmcv
+
+from . import engine  # noqa: E402,F401  (registers the training runtime)
+from .config_package import config_dir  # noqa: E402
+from .models import MetaFormer, PoolFormer  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ['MetaFormer', 'PoolFormer', '__version__', 'config_dir']

@@ -12,6 +12,7 @@ in an environment variable with MMDetection's own ``tools/train.py`` (which
 reads the config before anything imports poolformer_mm).
 """
 import glob
+import json
 import os
 import os.path as osp
 import re
@@ -66,14 +67,25 @@ def installed(tmp_path_factory):
                   tmp).stdout.strip()
     with open(osp.join(purelib, 'zz_stack.pth'), 'w') as f:
         f.write(sysconfig.get_paths()['purelib'] + '\n')
+    # The extras of the stack the test environment holds: with the fork's
+    # distributions (make test-onedl) nothing of the upstream stack may be
+    # installed over them.
+    from poolformer_mm.frameworks import installed_distribution
+    fork = installed_distribution('mmengine') == 'onedl-mmengine'
+    extras = 'onedl,deploy' if fork else 'mmdet,mmseg,deploy'
     out = run([python, '-m', 'pip', 'install', '--no-index',
-               '--disable-pip-version-check', f'{wheel}[mmdet,mmseg,deploy]'],
+               '--disable-pip-version-check', f'{wheel}[{extras}]'],
               tmp).stdout
     installed = [line for line in out.splitlines()
                  if line.startswith('Successfully installed')]
     assert installed == ['Successfully installed poolformer-mm-0.1.0'] or (
         installed and installed[0].split()[2:] == [
             'poolformer-mm-' + _version()]), out
+    stack = run([python, '-c', 'import json; from poolformer_mm.frameworks '
+                 'import stack; print(json.dumps(stack()))'], tmp,
+                env_without_checkout()).stdout.strip().splitlines()[-1]
+    from poolformer_mm.frameworks import stack as here
+    assert json.loads(stack) == here(), (stack, here())
     return python
 
 
@@ -89,7 +101,10 @@ def env_without_checkout():
 
 
 def test_wheel_carries_configs_and_tools(installed, tmp_path):
-    code = ('import poolformer_mm, os.path as osp; '
+    # The public API imports from the wheel, outside the checkout.
+    code = ('import poolformer_mm, poolformer_mm.apis, os.path as osp; '
+            'assert poolformer_mm.apis.__file__.startswith('
+            'osp.dirname(poolformer_mm.__file__)); '
             'print(poolformer_mm.__file__); print(poolformer_mm.config_dir())')
     module, configs = run([installed, '-c', code], tmp_path,
                           env_without_checkout()).stdout.split()[-2:]

@@ -79,7 +79,8 @@ fi
 SRC="$(mktemp -d)"
 trap 'rm -rf "$SRC"' EXIT
 tar -xzf "$SDIST" -C "$SRC"
-DIR="$(find "$SRC" -mindepth 1 -maxdepth 1 -type d -name 'mmcv-*' | head -n 1)"
+# mmcv-<version>/ or the fork's onedl_mmcv-<version>/
+DIR="$(find "$SRC" -mindepth 1 -maxdepth 1 -type d -name '*mmcv-*' | head -n 1)"
 # mmcv hard-codes C++17; torch >= 2.10 headers need C++20.
 sed -i -e "s/-std=c++17/-std=c++$STD/g" -e "s#/std:c++17#/std:c++$STD#g" \
     "$DIR/setup.py"
@@ -90,4 +91,4 @@ mkdir -p "$OUT"
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
         "$PY" -m pip --disable-pip-version-check wheel -q --no-deps \
         --no-build-isolation --no-index -w "$SRC/wheel" .)
-mv "$SRC"/wheel/mmcv-*.whl "$OUT"/
+mv "$SRC"/wheel/*.whl "$OUT"/

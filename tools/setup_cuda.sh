@@ -12,16 +12,17 @@
 #   MAX_JOBS   parallel compile jobs (nproc)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="$ROOT/.venv/bin/python"
+# STACK as in setup_env.sh: upstream (.venv) or onedl (.venv-onedl).
+if [[ "${STACK:-upstream}" == onedl ]]; then PY="$ROOT/.venv-onedl/bin/python"; else PY="$ROOT/.venv/bin/python"; fi
 ARCHS="${ARCHS:-8.0;9.0}"
-MMCV_VERSION="$(sed -n 's/^MMCV_VERSION=//p' "$ROOT/tools/setup_env.sh")"
+read -r MMCV_DIST MMCV_VERSION < <(bash "$ROOT/tools/setup_env.sh" --mmcv)
 if ! command -v nvcc >/dev/null && [[ -z "${CUDA_HOME:-}" ]]; then
     echo "[setup_cuda] no nvcc on PATH and no CUDA_HOME: a CUDA toolkit is needed" >&2
     exit 1
 fi
 bash "$ROOT/tools/setup_env.sh"
 wheel="$(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCHS" \
-    bash "$ROOT/tools/mmcv_wheel.sh" "$PY" "$MMCV_VERSION")"
+    bash "$ROOT/tools/mmcv_wheel.sh" "$PY" "$MMCV_VERSION" "$MMCV_DIST")"
 echo "[setup_cuda] $wheel" >&2
 cat "$(dirname "$wheel")/build.txt" >&2 2>/dev/null || true
 target="$(mktemp -d)"

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv/ in the checkout with the whole supported stack:
-# torch 2.14.1, mmengine 0.10.7, mmcv 2.1.0 with ops, mmdet 3.3.0,
-# mmsegmentation 1.2.2, timm, and poolformer_mm itself (editable).
+# Create (or reuse) a virtual environment in the checkout with a whole
+# supported stack and poolformer_mm itself (editable):
+#   STACK=upstream (default): .venv/ with torch 2.14.1, mmengine 0.10.7, mmcv
+#     2.1.0 with ops, mmdet 3.3.0, mmsegmentation 1.2.2 (the last upstream
+#     OpenMMLab releases);
+#   STACK=onedl: .venv-onedl/ with the maintained fork, which installs the
+#     same modules under other distribution names: onedl-mmengine 0.10.12,
+#     onedl-mmcv 2.3.6 with ops, onedl-mmdetection 3.5.1,
+#     onedl-mmsegmentation 1.4.2.
 # The package's own requirements (requirements/*.txt) are version ranges;
 # TESTED below is the exact set this script installs and the tests run on.
 #
@@ -17,19 +23,47 @@
 #
 # Environment:
 #   PYTHON               interpreter used to create the venv (python3)
+#   STACK                upstream or onedl (see above)
 #   POOLFORMER_MM_CACHE  cache folder for built wheels
 #   MAX_JOBS             parallel compile jobs for mmcv (nproc)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
+STACK="${STACK:-upstream}"
 
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
-MMCV_VERSION=2.1.0
-TESTED=(mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 timm==1.0.31
-    safetensors==0.8.0 numpy==1.26.4 onnx==1.17.0 onnxruntime==1.32.0)
+# The same for both stacks; numpy 2 with the opencv and onnx that need it.
+COMMON=(timm==1.0.31 safetensors==0.8.0 numpy==2.4.6 opencv-python==4.14.0.94
+    onnx==1.23.2 onnxruntime==1.32.0 pytest==8.4.2 pytest-xdist==3.8.0)
+case "$STACK" in
+upstream)
+    VENV="$ROOT/.venv"
+    MMCV_DIST=mmcv
+    MMCV_VERSION=2.1.0
+    TESTED=(mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 "${COMMON[@]}")
+    FRAMEWORKS=(-r "$ROOT/requirements/mmdet.txt" -r "$ROOT/requirements/mmseg.txt")
+    ;;
+onedl)
+    VENV="$ROOT/.venv-onedl"
+    MMCV_DIST=onedl-mmcv
+    MMCV_VERSION=2.3.6
+    TESTED=(onedl-mmengine==0.10.12 onedl-mmdetection==3.5.1
+        onedl-mmsegmentation==1.4.2 "${COMMON[@]}")
+    FRAMEWORKS=(-r "$ROOT/requirements/onedl.txt")
+    ;;
+*)
+    echo "[setup] STACK=$STACK: give upstream or onedl" >&2
+    exit 2
+    ;;
+esac
+# `setup_env.sh --mmcv`: the stack's mmcv distribution and version, for
+# tools/setup_cuda.sh.
+if [[ "${1:-}" == --mmcv ]]; then
+    echo "$MMCV_DIST $MMCV_VERSION"
+    exit 0
+fi
 # mmcv's setup.py and mmengine's `mmdet::` config lookup import pkg_resources
 # (gone in setuptools 81); torch 2.14 wants >=77.
 SETUPTOOLS_SPEC='setuptools>=77,<81'
@@ -72,7 +106,7 @@ pip_install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 install_mmcv() {
     local wheel
-    wheel="$(bash "$ROOT/tools/mmcv_wheel.sh" "$PY" "$MMCV_VERSION")"
+    wheel="$(bash "$ROOT/tools/mmcv_wheel.sh" "$PY" "$MMCV_VERSION" "$MMCV_DIST")"
     pip_install -q --no-deps "$wheel"
 }
 
@@ -86,9 +120,8 @@ fi
 # mmcv's runtime dependencies (installed --no-deps above), the frameworks,
 # test tools and this package.
 pip_install -q "${TESTED[@]}" -r "$ROOT/requirements/runtime.txt" \
-    -r "$ROOT/requirements/mmdet.txt" -r "$ROOT/requirements/mmseg.txt" \
-    -r "$ROOT/requirements/deploy.txt" -r "$ROOT/requirements/stack.txt" \
-    -r "$ROOT/requirements/tests.txt"
+    "${FRAMEWORKS[@]}" -r "$ROOT/requirements/deploy.txt" \
+    -r "$ROOT/requirements/stack.txt" -r "$ROOT/requirements/tests.txt"
 pip_install -q --no-deps --no-build-isolation -e "$ROOT"
 
 log "verifying mmcv ops on CPU"
