@@ -4,10 +4,13 @@
 # checkout (git ignores it), with a SHA256SUMS file:
 #   tools/gpu_e2e/prepare.sh [--dry-run]
 # --dry-run prints the pip commands instead of running them.
-# Environment: PYTHON (python3; needs pip), PYTHON_VERSION (3.12: the GPU
+# Environment: PYTHON (.venv/bin/python, else python3; needs pip), PYTHON_VERSION (3.12: the GPU
 # machine's), DEST (.gpu_e2e).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# The checkout's environment: the mmcv sdist's metadata is made with its setuptools
+# and wheel (no build isolation), which a bare python3 may lack.
+if [[ -z "${PYTHON:-}" && -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; fi
 PYTHON=${PYTHON:-python3}
 PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 DEST=${DEST:-$ROOT/.gpu_e2e}
