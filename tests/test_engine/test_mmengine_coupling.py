@@ -25,7 +25,7 @@ def test_copied_methods_are_unchanged_upstream(copied):
     import mmengine
     source = textwrap.dedent(inspect.getsource(resolve(copied.theirs)))
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    assert digest == copied.source_sha256, (
+    assert digest in copied.source_sha256, (
         f'{copied.theirs} differs from the mmengine {MMENGINE_VERSION} '
         f'method that {copied.ours} repeats (installed mmengine '
         f'{mmengine.__version__}, source hash {digest}): carry its change '
