@@ -3,11 +3,12 @@
 ``_base_ = ['poolformer_mm::<folder>/<config>.py']`` resolves once the
 package is imported (:func:`register_config_package`): mmengine reads such
 bases only for packages in its ``MODULE2PACKAGE`` dict and offers no API to
-add one, so the entry is added here, the package's one change to mmengine's
-state. mmengine then finds the configs under ``poolformer_mm/.mim/configs``
-of an installed wheel (:func:`config_dir`). Settings inherited that way are
-marked with this package's scope, which :func:`resolve_package_scope`
-replaces by the config's own.
+add one, so the entry is added here (and, with the maintained fork, the
+frameworks' entries point at its distributions), the package's one change to
+mmengine's configuration state. mmengine then finds the configs under
+``poolformer_mm/.mim/configs`` of an installed wheel (:func:`config_dir`).
+Settings inherited that way are marked with this package's scope, which
+:func:`resolve_package_scope` replaces by the config's own.
 """
 import os.path as osp
 
@@ -42,8 +43,20 @@ def register_config_package() -> None:
     ``demo/`` here). It finds them under the installed package's
     ``.mim/configs``, which wheels of this package carry; an editable
     install has none there, so name configs by :func:`config_dir` instead.
+
+    With the maintained fork, whose distributions have other names
+    (``onedl-mmsegmentation`` installs ``mmseg``), the frameworks' entries
+    are pointed at the distribution installed: mmengine (onedl-mmengine
+    0.10.12 too) looks ``mmseg::`` bases up by the distribution
+    ``mmsegmentation`` and would find none.
     """
+    from .frameworks import installed_distribution
     config_utils.MODULE2PACKAGE.setdefault(PACKAGE, PACKAGE)
+    for module in ('mmdet', 'mmseg'):
+        listed = config_utils.MODULE2PACKAGE.get(module)
+        installed = installed_distribution(module)
+        if listed and installed and listed != installed:
+            config_utils.MODULE2PACKAGE[module] = installed
 
 
 def resolve_package_scope(cfg: Config) -> Config:

@@ -21,7 +21,9 @@ MMDetection's and MMSegmentation's fall back to. Modules:
   draws (:class:`~.sample_seeds.SampleSeededDataset`);
 - :mod:`.optim_wrapper`: :class:`AutocastOptimWrapper`;
 - :mod:`.mmengine_coupling`: the mmengine internals this runtime relies on
-  and the methods it copies, for the next mmengine release.
+  and the methods it copies, for the next mmengine release;
+- :mod:`.strict_loading`: the maintained fork's mmengine loads checkpoints
+  without its fallback to unsafe unpickling (applied at import).
 """
 from ..checkpoint import load_training_checkpoint
 from .distributed import CPUDistributedDataParallel, init_cpu_process_group
@@ -31,6 +33,9 @@ from .loops import (ResumableBatchSampler, ResumableEpochBasedTrainLoop,
                     ResumableIterBasedTrainLoop)
 from .optim_wrapper import AutocastOptimWrapper
 from .runner import SafeRunner
+from .strict_loading import refuse_unsafe_fallback
+
+refuse_unsafe_fallback()
 
 __all__ = [
     'AutocastOptimWrapper', 'CPUDistributedDataParallel',

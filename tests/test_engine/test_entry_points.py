@@ -13,10 +13,22 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
 import torch
-
 from helpers.commands import run_command, run_commands
 from helpers.tiny_demo import IN_PROCESS_LOADING
+
+from poolformer_mm.frameworks import installed_distribution
+
+# MMSegmentation's own entry points read the config before anything imports
+# poolformer_mm, and onedl-mmengine 0.10.12 resolves `mmseg::` bases by the
+# distribution name `mmsegmentation`, which the fork's is not (README, "Which
+# OpenMMLab"): strict, so the mark goes when the fork fixes it.
+mmseg_bases_unresolvable = pytest.mark.xfail(
+    installed_distribution('mmseg') == 'onedl-mmsegmentation',
+    reason='onedl-mmengine cannot resolve mmseg:: bases for '
+    'onedl-mmsegmentation before poolformer_mm is imported',
+    strict=True)
 
 MMDET_TOOLS = osp.join(
     osp.dirname(__import__('mmdet').__file__), '.mim', 'tools')
@@ -85,6 +97,7 @@ def test_mmdet_apis_read_training_checkpoint(trained_demo, demo_data,
     assert 'boxes ' in inferencer
 
 
+@mmseg_bases_unresolvable
 def test_mmseg_apis_read_training_checkpoint(trained_demo, demo_data,
                                              tmp_path):
     config, checkpoint, _ = trained_demo('sem_fpn')
@@ -94,6 +107,7 @@ def test_mmseg_apis_read_training_checkpoint(trained_demo, demo_data,
     assert 'label map (1, 96, 96)' in inferencer
 
 
+@mmseg_bases_unresolvable
 def test_framework_test_tools_read_training_checkpoints(
         trained_demo, tmp_path):
     """MMDetection's tools/test.py on RetinaNet's, MMSegmentation's on
@@ -112,6 +126,7 @@ def test_framework_test_tools_read_training_checkpoints(
         assert metric in result.stdout + result.stderr
 
 
+@mmseg_bases_unresolvable
 def test_mmseg_train_tool_resumes_its_own_checkpoint(demo_data, tmp_path):
     config = osp.join(
         osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),

@@ -400,3 +400,14 @@ def test_import_widens_no_allowlist():
     result = subprocess.run([sys.executable, '-c', script],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_mmengine_has_no_unsafe_fallback():
+    """The fork's mmengine falls back to ``weights_only=False``; importing
+    the package replaces that loader (upstream mmengine has none)."""
+    import poolformer_mm  # noqa: F401
+    from mmengine.runner import checkpoint
+
+    from poolformer_mm.engine import strict_loading
+    loader = getattr(checkpoint, '_safe_torch_load', None)
+    assert loader in (None, strict_loading._weights_only_load)
