@@ -50,8 +50,7 @@ SLOW = re.compile('|'.join([
     r'tests/test_models/test_fast_paths\.py::test_deploy_off_cpu_',
     r'tests/test_models/test_fast_paths\.py::test_deploy_recorded_form',
     r'tests/test_models/test_pretrained\.py::test_original_release_parity'
-    r'\[(s36|m36|m48)\]',
-    r'tests/test_models/test_pretrained\.py::test_timm_naming_parity\[m36\]',
+    r'\[m36\]',
     r'tests/test_models/test_pretrained\.py::test_shape_mismatch_names',
     r'tests/test_models/test_metaformer\.py::test_(timm|original)_naming_'
     r'parity',
