@@ -297,9 +297,11 @@ class MetaFormer(BaseMetaFormer):
             a second forward pass. Defaults to False.
         impl (str): How the network executes: ``'auto'`` (the faster modules
             of :mod:`poolformer_mm.models.fast` where they apply),
-            ``'reference'`` (the modules of :mod:`.layers`) or ``'deploy'``
-            (folded, inference only, :meth:`switch_to_deploy`). Same
-            parameters and results. Defaults to 'auto'.
+            ``'reference'`` (the modules of :mod:`.layers`), ``'deploy'``
+            (folded, inference only, :meth:`switch_to_deploy`), and opt-in
+            ``'triton'`` (fused Triton kernels) or ``'compile'``
+            (``torch.compile`` by region). Same parameters and results.
+            Defaults to 'auto'.
         deploy (bool): Build inference-only: ``True`` is ``impl='deploy'``,
             whatever ``impl`` says (MMPretrain's argument). Defaults to False.
         init_cfg (dict | list[dict], optional): Initialization config, e.g.

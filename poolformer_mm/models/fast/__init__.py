@@ -81,31 +81,21 @@ def _as(module: nn.Module, cls: Type[nn.Module]) -> nn.Module:
 
 
 def _replace(module: nn.Module,
-             choose: Callable[[nn.Module], Optional[type]]) -> None:
+             choose: Callable[[nn.Module], Optional[type]],
+             inside_replaced: bool = True) -> None:
     """Replace every submodule of ``module`` for which ``choose`` names
-    another class, depth first from the outside in."""
+    another class, depth first from the outside in; with
+    ``inside_replaced=False`` what is inside a replaced module stays as it
+    is (only the outermost fits are replaced)."""
     for name, child in list(module._modules.items()):
         if child is None:
             continue
         cls = choose(child)
-        if cls is not None and cls is not type(child):
+        replaced = cls is not None and cls is not type(child)
+        if replaced:
             child = module._modules[name] = _as(child, cls)
-        _replace(child, choose)
-
-
-def _replace_outermost(
-        module: nn.Module, choose: Callable[[nn.Module],
-                                            Optional[type]]) -> None:
-    """Replace the outermost submodules of ``module`` for which ``choose``
-    names another class, leaving what is inside a replaced one as it is."""
-    for name, child in list(module._modules.items()):
-        if child is None:
-            continue
-        cls = choose(child)
-        if cls is not None and cls is not type(child):
-            module._modules[name] = _as(child, cls)
-        else:
-            _replace_outermost(child, choose)
+        if inside_replaced or not replaced:
+            _replace(child, choose, inside_replaced)
 
 
 def _first_fit(types: Sequence[type]) -> Callable[[nn.Module], Optional[type]]:
@@ -137,7 +127,7 @@ def apply_impl(model: nn.Module, impl: str) -> None:
         _replace(model, _first_fit(DEPLOY_MODULES))
     if impl == 'compile':
         # A stage compiles with everything in it, its norms included.
-        _replace_outermost(model, _first_fit(COMPILE_MODULES))
+        _replace(model, _first_fit(COMPILE_MODULES), inside_replaced=False)
     model.impl = impl
     if impl == 'deploy':
         model.eval()
