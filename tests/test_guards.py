@@ -37,13 +37,15 @@ def archs():
             [('MetaFormer', a) for a in sorted(MetaFormer.arch_settings)])
 
 
-def layout(cls_name, arch, impl):
-    """[name, shape] of every state-dict entry, in order (built on the meta
-    device: no memory, no time)."""
+def build(cls_name, arch, impl='reference'):
+    """The backbone, built on the meta device: no memory, no init time."""
     import poolformer_mm
-    cls = getattr(poolformer_mm, cls_name)
     with torch.device('meta'):
-        model = cls(arch, impl=impl)
+        return getattr(poolformer_mm, cls_name)(arch, impl=impl)
+
+
+def layout(model):
+    """[name, shape] of every state-dict entry, in order."""
     return [[k, list(v.shape)] for k, v in model.state_dict().items()]
 
 
@@ -67,9 +69,23 @@ def _read(path):
 
 @pytest.mark.parametrize('cls_name,arch', archs())
 def test_state_dict_layout_is_the_snapshot(cls_name, arch):
+    """The constructor's last step is ``switch_impl(impl)``: one build per
+    arch, switched to each impl in turn (and back to the reference, as a
+    user may switch it)."""
+    expected = _read(STATE_DICTS)[f'{cls_name}/{arch}']
+    model = build(cls_name, arch)
+    for impl in impls() + ['reference']:
+        with torch.device('meta'):
+            model.switch_impl(impl)
+        assert layout(model) == expected, (arch, impl)
+
+
+@pytest.mark.parametrize('cls_name,arch', [('PoolFormer', 's12'),
+                                           ('MetaFormer', 'caformer_s18')])
+def test_built_with_each_impl_is_the_snapshot(cls_name, arch):
     expected = _read(STATE_DICTS)[f'{cls_name}/{arch}']
     for impl in impls():
-        assert layout(cls_name, arch, impl) == expected, (arch, impl)
+        assert layout(build(cls_name, arch, impl)) == expected, (arch, impl)
 
 
 def test_every_arch_has_a_snapshot():
@@ -86,7 +102,7 @@ def test_configs_resolve_as_the_snapshot():
 
 def write():
     layouts = {
-        f'{c}/{a}': layout(c, a, 'reference')
+        f'{c}/{a}': layout(build(c, a))
         for c, a in archs()
     }
     with open(STATE_DICTS, 'w') as f:

@@ -80,7 +80,8 @@ def test_train_tool_amp_on_cpu(demo_data, tmp_path):
     # where torch's CPU bf16 convolution returns NaN weight gradients (see
     # poolformer_mm.engine.optim_wrapper).
     config = write_tiny_config(
-        tmp_path / 'tiny.py', demo_data, max_epochs=1, scale=(96, 96))
+        tmp_path / 'tiny.py', demo_data, max_epochs=1, scale=(96, 96),
+        small_model=True)
     result = run_tool('train.py', config, '--work-dir', tmp_path / 'work',
                       '--amp')
     output = result.stdout + result.stderr

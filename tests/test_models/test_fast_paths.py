@@ -547,19 +547,46 @@ TINY_V1 = dict(layers=[1, 2, 1, 1], embed_dims=[16, 24, 32, 40], mlp_ratios=2,
                layer_scale_init_value=0.5)
 
 
-@pytest.mark.parametrize('build', [
-    lambda impl: PoolFormer('s12', impl=impl),
-    lambda impl: PoolFormer(TINY_V1, pool_size=5, out_indices=(3, 0),
-                            impl=impl),
-    lambda impl: MetaFormer('poolformerv2_s12', impl=impl),
-    lambda impl: MetaFormer('caformer_s18', impl=impl),
-], ids=['poolformer_s12', 'poolformer_tiny_pool5', 'poolformerv2_s12',
-        'caformer_s18'])
-@pytest.mark.parametrize('layout,mode,norms_off_cpu', [
-    (layout, mode, False) for layout in ('nchw', 'channels_last')
-    for mode in ('train', 'eval', 'bf16_autocast')
-] + [('nchw', 'train', True), ('nchw', 'eval', True)])
-def test_auto_matches_reference(monkeypatch, build, layout, mode,
+def narrow(arch):
+    """A named MetaFormer arch with its norms, mixers, activations and
+    scales, but two blocks in the middle stages and narrow widths (96 gives
+    attention 3 heads of 32): every kind of block at a fraction of the
+    full size's time."""
+    return dict(MetaFormer.arch_settings[arch], layers=[1, 2, 2, 1],
+                embed_dims=[16, 32, 64, 96])
+
+
+BUILDS = {
+    'poolformer_s12': lambda impl: PoolFormer('s12', impl=impl),
+    'poolformer_tiny_pool5': lambda impl: PoolFormer(
+        TINY_V1, pool_size=5, out_indices=(3, 0), impl=impl),
+    'poolformerv2_narrow': lambda impl: MetaFormer(
+        narrow('poolformerv2_s12'), impl=impl),
+    'caformer_narrow': lambda impl: MetaFormer(
+        narrow('caformer_s18'), impl=impl),
+    'caformer_s18': lambda impl: MetaFormer('caformer_s18', impl=impl),
+}
+# Every mode and layout on the small builds; the full-size PoolFormer-S12 in
+# the cases that exercise most (training with channels_last input, bfloat16
+# autocast, the CUDA norm forced on), CAFormer-S18 in inference.
+MODES = [(layout, mode, False) for layout in ('nchw', 'channels_last')
+         for mode in ('train', 'eval', 'bf16_autocast')
+         ] + [('nchw', 'train', True), ('nchw', 'eval', True)]
+AUTO_CASES = [
+    pytest.param(name, *mode, id='-'.join(map(str, mode + (name, ))))
+    for name in ('poolformer_tiny_pool5', 'poolformerv2_narrow',
+                 'caformer_narrow') for mode in MODES
+] + [
+    pytest.param(name, *mode, id='-'.join(map(str, mode + (name, ))))
+    for name, mode in (('poolformer_s12', ('channels_last', 'train', False)),
+                       ('poolformer_s12', ('nchw', 'bf16_autocast', False)),
+                       ('poolformer_s12', ('nchw', 'eval', True)),
+                       ('caformer_s18', ('nchw', 'eval', False)))
+]
+
+
+@pytest.mark.parametrize('name,layout,mode,norms_off_cpu', AUTO_CASES)
+def test_auto_matches_reference(monkeypatch, name, layout, mode,
                                 norms_off_cpu):
     """impl='auto' against impl='reference': same state dict, outputs and
     every gradient (parameters and input), at an odd size, NCHW and
@@ -568,6 +595,7 @@ def test_auto_matches_reference(monkeypatch, build, layout, mode,
     if norms_off_cpu:
         monkeypatch.setattr(cuda, '_on_gpu', lambda x: True)
         monkeypatch.setattr(cuda, 'GROUP_NORM1_MIN_SIZE', 0)
+    build = BUILDS[name]
     torch.manual_seed(0)
     ref = perturb(build('reference'))
     fast = build('auto')
