@@ -73,7 +73,8 @@ def test_backbone_dynamic(tmp_path, opset):
     assert 'InstanceNormalization' in ops and 'ReduceMean' not in ops
 
 
-@pytest.mark.parametrize('opset', [17, 20])
+# opset 20 on the reference path: test_backbone_dynamic.
+@pytest.mark.parametrize('opset', [17])
 def test_deploy_backbone(tmp_path, opset):
     """The folded path: with constant folding torch writes Identity nodes of
     shared initializers that ONNX Runtime's optimizer refuses; the export
