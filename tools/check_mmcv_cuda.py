@@ -8,10 +8,12 @@ from a throw-away ``pip install --target`` folder).
 Example:
     PYTHONPATH=/tmp/mmcv_cuda python tools/check_mmcv_cuda.py \
         --archs '8.0;9.0' --inside /tmp/mmcv_cuda
+    python tools/check_mmcv_cuda.py --archs 9.0 --ext path/to/_ext.so
 """
 import argparse
 import glob
 import os.path as osp
+import re
 import struct
 import subprocess
 import sys
@@ -72,31 +74,44 @@ def device_archs(path: str) -> set:
         return fatbin_archs(elf_section(f.read(), '.nv_fatbin'))
 
 
+def kernel_launchers(path: str) -> set:
+    """Names of the ``*CUDAKernelLauncher`` functions that the shared
+    library ``path`` defines. ``nm -DC`` prints them demangled, with their
+    argument lists (``NMSCUDAKernelLauncher(at::Tensor, float, int)``)."""
+    symbols = subprocess.run(['nm', '-DC', '--defined-only', path],
+                             capture_output=True, text=True,
+                             check=True).stdout
+    return set(re.findall(r'\b(\w+CUDAKernelLauncher)\(', symbols))
+
+
+def imported_extension(inside=None) -> str:
+    """The ops extension of the mmcv that imports here (from ``inside``,
+    when given)."""
+    import mmcv
+    import mmcv.ops  # noqa: F401  (loads the extension)
+    folder = osp.dirname(mmcv.__file__)
+    if inside and not osp.abspath(folder).startswith(osp.abspath(inside)):
+        sys.exit(f'error: mmcv imports from {folder}, not from {inside}')
+    ext = glob.glob(osp.join(folder, '_ext*.so'))
+    if not ext:
+        sys.exit(f'error: no mmcv/_ext*.so in {folder}: built without ops')
+    print(f'mmcv {mmcv.__version__} from {folder}')
+    return ext[0]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
         '--archs', required=True,
         help="TORCH_CUDA_ARCH_LIST of the build, e.g. '8.0;9.0'")
     parser.add_argument('--inside', help='mmcv must import from this folder')
+    parser.add_argument(
+        '--ext', help='check this shared library instead of the extension '
+        'of the mmcv that imports')
     args = parser.parse_args(argv)
-    import mmcv
-    import mmcv.ops  # noqa: F401  (loads the extension)
-    folder = osp.dirname(mmcv.__file__)
-    if args.inside and not osp.abspath(folder).startswith(
-            osp.abspath(args.inside)):
-        sys.exit(f'error: mmcv imports from {folder}, not from '
-                 f'{args.inside}')
-    ext = glob.glob(osp.join(folder, '_ext*.so'))
-    if not ext:
-        sys.exit(f'error: no mmcv/_ext*.so in {folder}: built without ops')
-    symbols = subprocess.run(['nm', '-DC', '--defined-only', ext[0]],
-                             capture_output=True, text=True,
-                             check=True).stdout
-    launchers = {line.split()[-1].split('(')[0]
-                 for line in symbols.splitlines() if 'CUDAKernelLauncher' in
-                 line}
-    print(f'mmcv {mmcv.__version__} from {folder}: {len(launchers)} CUDA '
-          f'kernel launchers in {osp.basename(ext[0])}')
+    ext = args.ext or imported_extension(args.inside)
+    launchers = kernel_launchers(ext)
+    print(f'{len(launchers)} CUDA kernel launchers in {osp.basename(ext)}')
     missing = [f'{op}: {name}' for op, names in REQUIRED.items()
                for name in names if name not in launchers]
     for op, names in REQUIRED.items():
@@ -104,7 +119,7 @@ def main(argv=None) -> int:
         print(f'  {op}: {"ok" if found_all else "MISSING"}')
     expected = {round(float(a) * 10) for a in args.archs.replace(
         ' ', ';').split(';') if a}
-    found = device_archs(ext[0])
+    found = device_archs(ext)
     print(f'  device code for sm {sorted(found)}; asked for '
           f'{sorted(expected)}')
     if missing or not expected <= found:
