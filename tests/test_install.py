@@ -52,8 +52,9 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 
 @pytest.fixture(scope='module')
 def installed(tmp_path_factory):
-    """A throw-away environment with the wheel of this checkout installed;
-    returns its python."""
+    """A throw-away environment with the wheel of this checkout installed:
+    its python, and what the installed package reports (``file``, ``apis``,
+    ``configs``: paths; ``stack``: the frameworks it sees)."""
     tmp = tmp_path_factory.mktemp('install')
     run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
          '--no-build-isolation', '-w', tmp / 'dist', ROOT], tmp)
@@ -81,12 +82,18 @@ def installed(tmp_path_factory):
     assert installed == ['Successfully installed poolformer-mm-0.1.0'] or (
         installed and installed[0].split()[2:] == [
             'poolformer-mm-' + _version()]), out
-    stack = run([python, '-c', 'import json; from poolformer_mm.frameworks '
-                 'import stack; print(json.dumps(stack()))'], tmp,
-                env_without_checkout()).stdout.strip().splitlines()[-1]
+    # The public API imports from the wheel, outside the checkout.
+    code = ('import json, poolformer_mm, poolformer_mm.apis; '
+            'from poolformer_mm.frameworks import stack; '
+            'print(json.dumps(dict(file=poolformer_mm.__file__, '
+            'apis=poolformer_mm.apis.__file__, '
+            'configs=poolformer_mm.config_dir(), stack=stack())))')
+    report = json.loads(
+        run([python, '-c', code], tmp,
+            env_without_checkout()).stdout.strip().splitlines()[-1])
     from poolformer_mm.frameworks import stack as here
-    assert json.loads(stack) == here(), (stack, here())
-    return python
+    assert report['stack'] == here(), (report['stack'], here())
+    return python, report
 
 
 def _version():
@@ -101,14 +108,9 @@ def env_without_checkout():
 
 
 def test_wheel_carries_configs_and_tools(installed, tmp_path):
-    # The public API imports from the wheel, outside the checkout.
-    code = ('import poolformer_mm, poolformer_mm.apis, os.path as osp; '
-            'assert poolformer_mm.apis.__file__.startswith('
-            'osp.dirname(poolformer_mm.__file__)); '
-            'print(poolformer_mm.__file__); print(poolformer_mm.config_dir())')
-    module, configs = run([installed, '-c', code], tmp_path,
-                          env_without_checkout()).stdout.split()[-2:]
-    package = osp.dirname(module)
+    python, report = installed
+    package, configs = osp.dirname(report['file']), report['configs']
+    assert report['apis'].startswith(package), report
     assert not package.startswith(ROOT), package
     assert configs == osp.join(package, '.mim', 'configs')
     ours = sorted(
@@ -126,7 +128,7 @@ def test_wheel_carries_configs_and_tools(installed, tmp_path):
     code = ('import poolformer_mm; from mmengine import Config; '
             'cfg = Config.fromfile("mine.py"); '
             'print(cfg.model.backbone.arch, cfg.default_scope)')
-    out = run([installed, '-c', code], tmp_path, env_without_checkout())
+    out = run([python, '-c', code], tmp_path, env_without_checkout())
     assert out.stdout.split()[-2:] == ['s24', 'mmseg']
 
 
@@ -144,11 +146,9 @@ def test_user_configs_inherit_ours(installed, demo_data, tmp_path):
     (``{{$POOLFORMER_MM_CONFIGS:}}``) and trains with MMDetection's own
     tools/train.py. The two trainings run side by side."""
     env = env_without_checkout()
-    package_tools, configs = run(
-        [installed, '-c', 'import poolformer_mm, os.path as osp; '
-         'print(osp.join(osp.dirname(poolformer_mm.__file__), ".mim", '
-         '"tools")); print(poolformer_mm.config_dir())'], tmp_path,
-        env).stdout.split()[-2:]
+    python, report = installed
+    package_tools = osp.join(osp.dirname(report['file']), '.mim', 'tools')
+    configs = report['configs']
     by_name = user_config(
         'poolformer_mm::demo/retinanet_poolformer_s12_demo.py', demo_data,
         tmp_path / 'by_name')
@@ -156,9 +156,9 @@ def test_user_configs_inherit_ours(installed, demo_data, tmp_path):
         '{{$POOLFORMER_MM_CONFIGS:}}/demo/retinanet_poolformer_s12_demo.py',
         demo_data, tmp_path / 'by_folder')
     runs = run_commands(
-        [[installed, osp.join(package_tools, 'train.py'), by_name,
+        [[python, osp.join(package_tools, 'train.py'), by_name,
           '--work-dir', tmp_path / 'by_name' / 'work'],
-         [installed, MMDET_TRAIN, by_folder, '--work-dir',
+         [python, MMDET_TRAIN, by_folder, '--work-dir',
           tmp_path / 'by_folder' / 'work']],
         tmp_path, dict(env, POOLFORMER_MM_CONFIGS=configs))
     for folder, result in zip(('by_name', 'by_folder'), runs):

@@ -13,12 +13,11 @@ from mmcv.cnn.bricks import DropPath
 from poolformer_mm import MetaFormer, PoolFormer
 from poolformer_mm.models.backbones import metaformer as mf
 
+# The output sizes come from the stem and the downsamplings, which every
+# arch shares: one arch of each width.
 POOLFORMER_CHANNELS = {
     's12': [64, 128, 320, 512],
-    's24': [64, 128, 320, 512],
-    's36': [64, 128, 320, 512],
     'm36': [96, 192, 384, 768],
-    'm48': [96, 192, 384, 768]
 }
 # One MetaFormer arch of each family, small enough to run at real sizes.
 SMALL_ARCHS = ('poolformerv2_s12', 'convformer_s18', 'caformer_s18',

@@ -31,6 +31,34 @@ RETINANET = osp.join(CONFIGS, 'retinanet_poolformer_s12.py')
 SEM_FPN = osp.join(CONFIGS, 'sem_fpn_poolformer_s12.py')
 MASK_RCNN = osp.join(CONFIGS, 'mask_rcnn_poolformer_s12.py')
 
+# The real configs with a narrow PoolFormer (one block a stage) for the
+# tests of the export's own logic, where S12's depth only costs time; the
+# full S12 in test_backbone_dynamic, test_retinanet_head_outputs and
+# test_metaformer_family_dynamic.
+NARROW = '''
+_base_ = [{base!r}]
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, layers=[1, 1, 1, 1],
+                            embed_dims=[16, 32, 64, 128], mlp_ratios=4,
+                            layer_scale_init_values=1e-5)),
+    neck=dict(in_channels={in_channels!r}))
+'''
+
+
+@pytest.fixture(scope='module')
+def narrow(tmp_path_factory):
+    """{'retinanet' | 'sem_fpn' | 'mask_rcnn': path of the narrow config}"""
+    folder = tmp_path_factory.mktemp('narrow')
+    paths = {}
+    for name, base, in_channels in (
+            ('retinanet', RETINANET, [32, 64, 128]),
+            ('sem_fpn', SEM_FPN, [16, 32, 64, 128]),
+            ('mask_rcnn', MASK_RCNN, [16, 32, 64, 128])):
+        paths[name] = str(folder / f'{name}_narrow.py')
+        with open(paths[name], 'w') as f:
+            f.write(NARROW.format(base=base, in_channels=in_channels))
+    return paths
+
 
 def export(tmp_path, config, checkpoint=None, name='model.onnx', **options):
     """Export with verify; return (result, file)."""
@@ -75,12 +103,12 @@ def test_backbone_dynamic(tmp_path, opset):
 
 # opset 20 on the reference path: test_backbone_dynamic.
 @pytest.mark.parametrize('opset', [17])
-def test_deploy_backbone(tmp_path, opset):
+def test_deploy_backbone(tmp_path, opset, narrow):
     """The folded path: with constant folding torch writes Identity nodes of
     shared initializers that ONNX Runtime's optimizer refuses; the export
     removes them, so the file loads with the default optimizations."""
-    result, path = export(tmp_path, RETINANET, part='backbone', dynamic=True,
-                          deploy=True, opset=opset)
+    result, path = export(tmp_path, narrow['retinanet'], part='backbone',
+                          dynamic=True, deploy=True, opset=opset)
     check_rows(result, ['stage1', 'stage2', 'stage3'])
     model = onnx.load(path)
     assert metadata(path)['path'] == 'deploy'
@@ -105,8 +133,8 @@ def test_metaformer_family_dynamic(tmp_path, arch):
     check_rows(result, ['stage1', 'stage2', 'stage3'])
 
 
-def test_sem_fpn_dynamic_at_another_size(tmp_path):
-    result, path = export(tmp_path, SEM_FPN, dynamic=True)
+def test_sem_fpn_dynamic_at_another_size(tmp_path, narrow):
+    result, path = export(tmp_path, narrow['sem_fpn'], dynamic=True)
     check_rows(result, ['seg_logits'])
     rows = result.rows
     assert rows[1][2] == (2, 150, 128, 64)  # logits at the input size
@@ -121,7 +149,7 @@ def test_sem_fpn_dynamic_at_another_size(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_verify_catches_sizes_recorded_as_constants(tmp_path):
+def test_verify_catches_sizes_recorded_as_constants(tmp_path, narrow):
     """Without the export's upsampling, MMSegmentation's ``Upsample`` sizes
     are Python ints: the dynamic file has the right shape at 128x64 and the
     wrong values, which only the second size of verify shows."""
@@ -136,8 +164,8 @@ def test_verify_catches_sizes_recorded_as_constants(tmp_path):
             logits = self.model.decode_head(self.model.extract_feat(x))
             return F.interpolate(logits, size=x.shape[2:], mode='bilinear')
 
-    graph = tool.Graph(Naive(build_model(load_config(SEM_FPN))).eval(),
-                       ['seg_logits'], 'naive', 32)
+    model = build_model(load_config(narrow['sem_fpn']))
+    graph = tool.Graph(Naive(model).eval(), ['seg_logits'], 'naive', 32)
     switch_impl(graph.module, 'reference')
     path = str(tmp_path / 'naive.onnx')
     tool.write_onnx(graph, path, (64, 96), 17, True,
@@ -153,8 +181,8 @@ def test_retinanet_head_outputs(tmp_path):
     check_rows(result, names)
 
 
-def test_mask_rcnn_up_to_rpn(tmp_path):
-    result, path = export(tmp_path, MASK_RCNN)
+def test_mask_rcnn_up_to_rpn(tmp_path, narrow):
+    result, path = export(tmp_path, narrow['mask_rcnn'])
     names = [
         f'rpn_{k}_{i}' for k in ('cls_score', 'bbox_pred') for i in range(5)
     ]
@@ -162,17 +190,18 @@ def test_mask_rcnn_up_to_rpn(tmp_path):
     assert 'RPN' in metadata(path)['graph']
 
 
-def test_checkpoint(tmp_path):
+def test_checkpoint(tmp_path, narrow):
     """A whole-model checkpoint goes through the checkpoint policy: loaded
     when it fits, refused when it does not; backbone weights alone only for
     the backbone."""
-    model = build_model(load_config(RETINANET))
+    config = narrow['retinanet']
+    model = build_model(load_config(config))
     torch.manual_seed(3)
     for p in model.parameters():
         p.data.normal_()
     good = str(tmp_path / 'good.pth')
     torch.save(dict(state_dict=model.state_dict()), good)
-    result, path = export(tmp_path, RETINANET, good, part='backbone')
+    result, path = export(tmp_path, config, good, part='backbone')
     stem = result.graph.module.backbone.stem.conv.weight
     torch.testing.assert_close(stem, model.backbone.stem.conv.weight)
     assert metadata(path)['weights'] == good
@@ -184,11 +213,11 @@ def test_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit the config's "
                        r'model: 1 of the \d+ model tensors are missing '
                        r'\(e.g. backbone.stem.conv.weight\)'):
-        tool.export_onnx(RETINANET, bad, part='backbone', out=out)
+        tool.export_onnx(config, bad, part='backbone', out=out)
     backbone = str(tmp_path / 'backbone.pth')
     torch.save(model.backbone.state_dict(), backbone)
     with pytest.raises(CheckpointError, match='backbone weights only'):
-        tool.export_onnx(RETINANET, backbone, out=out)
+        tool.export_onnx(config, backbone, out=out)
     assert not osp.exists(out)
 
 
@@ -201,10 +230,10 @@ def test_corrupted_file(tmp_path):
         tool.open_session(str(tmp_path / 'missing.onnx'))
 
 
-def test_wrong_input_shape(tmp_path):
+def test_wrong_input_shape(tmp_path, narrow):
     """A static file runs at its export size only; the message names both
     shapes."""
-    _, path = export(tmp_path, RETINANET, part='backbone')
+    _, path = export(tmp_path, narrow['retinanet'], part='backbone')
     session = tool.open_session(path)
     image = np.zeros((1, 3, 96, 64), np.float32)
     with pytest.raises(InputError,
@@ -277,19 +306,20 @@ def test_unsupported_models(tmp_path):
         tool.export_onnx('nothing.py', out=out)
 
 
-def test_benchmark(tmp_path):
-    result, _ = export(tmp_path, RETINANET, part='backbone', benchmark=2)
+def test_benchmark(tmp_path, narrow):
+    result, _ = export(tmp_path, narrow['retinanet'], part='backbone',
+                       benchmark=2)
     assert set(result.times) == {'onnxruntime', 'pytorch auto',
                                  'pytorch deploy'}
 
 
-def test_cli(tmp_path):
+def test_cli(tmp_path, narrow):
     """tools/export_onnx.py end to end, side by side: an export that
     verifies, and a refused opset in one ``error:`` line."""
     out = tmp_path / 'fpn.onnx'
     tool_path = osp.join(TOOLS, 'export_onnx.py')
     cmds = [[
-        sys.executable, tool_path, SEM_FPN, '--out', out, '--shape',
+        sys.executable, tool_path, narrow['sem_fpn'], '--out', out, '--shape',
         *map(str, SHAPE), '--dynamic', '--verify', '--deploy'
     ], [sys.executable, tool_path, SEM_FPN, '--out', out, '--opset', '21']]
     procs = [
