@@ -80,6 +80,24 @@ model = dict(
 '''
 
 
+# One block a stage, narrow: the real configs' detectors and segmentors
+# around a PoolFormer whose depth and width would only cost the tests time.
+NARROW_ARCH = dict(_delete_=True, layers=[1, 1, 1, 1],
+                   embed_dims=[16, 32, 64, 128], mlp_ratios=4,
+                   layer_scale_init_values=1e-5)
+
+
+def write_narrow_config(path, base, **model):
+    """Write a config to ``path`` that inherits ``base`` with the backbone's
+    arch :data:`NARROW_ARCH` and the other ``model`` overrides (the neck's
+    ``in_channels`` must follow: 16, 32, 64, 128 per stage); return its
+    path."""
+    model = dict(backbone=dict(arch=NARROW_ARCH), **model)
+    with open(path, 'w') as f:
+        f.write(f'_base_ = [{str(base)!r}]\nmodel = {model!r}\n')
+    return str(path)
+
+
 def write_tiny_config(path,
                       demo_data,
                       max_epochs=3,

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 import torch
-from helpers.commands import run_command, run_commands
-from helpers.tiny_demo import IN_PROCESS_LOADING
+from helpers.commands import CONFIGS, run_command, run_commands
+from helpers.tiny_demo import IN_PROCESS_LOADING, write_narrow_config
 
 from poolformer_mm.frameworks import installed_distribution
 
@@ -126,25 +126,15 @@ def test_framework_test_tools_read_training_checkpoints(
         assert metric in result.stdout + result.stderr
 
 
-# The Semantic FPN demo config with a narrow network: the test is of the
-# tool's resume, which the network's size only slows.
-NARROW_SEM_FPN = '''
-_base_ = [{base!r}]
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, layers=[1, 1, 1, 1],
-                            embed_dims=[16, 32, 64, 128], mlp_ratios=4,
-                            layer_scale_init_values=1e-5)),
-    neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
-    decode_head=dict(in_channels=[32, 32, 32, 32], channels=32))
-'''
-
-
 @mmseg_bases_unresolvable
 def test_mmseg_train_tool_resumes_its_own_checkpoint(demo_data, tmp_path):
-    config = tmp_path / 'narrow_sem_fpn.py'
-    config.write_text(NARROW_SEM_FPN.format(base=osp.join(
-        osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
-        'configs', 'demo', 'sem_fpn_poolformer_s12_demo.py')))
+    # The Semantic FPN demo config with a narrow network: the test is of the
+    # tool's resume, which the network's size only slows.
+    config = write_narrow_config(
+        tmp_path / 'narrow_sem_fpn.py',
+        osp.join(CONFIGS, 'demo', 'sem_fpn_poolformer_s12_demo.py'),
+        neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
+        decode_head=dict(in_channels=[32, 32, 32, 32], channels=32))
     root = f'{demo_data}/ade/'
     options = [
         f'{d}.dataset.data_root={root}'

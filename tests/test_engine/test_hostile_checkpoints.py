@@ -266,9 +266,15 @@ loaders = dict(
     read_checkpoint=read_checkpoint,
     load_training_checkpoint=load_training_checkpoint,
     infer_tool=tool)
+# The two loaders that build the model for every file take the zip files
+# (torch's format since 1.6); both formats go through all the others, and
+# mmengine's load_checkpoint is init_detector's loader.
+BUILD_PER_FILE = ('init_detector', 'infer_tool')
 report = {}
 for path in files:
     for name, load in loaders.items():
+        if name in BUILD_PER_FILE and path.endswith('.legacy.pth'):
+            continue
         try:
             load(path)
             result = 'loaded'
@@ -338,7 +344,8 @@ def test_hostile_files_are_refused_everywhere(hostile_files, demo_data,
     assert report.pop('history_buffer_mean') == 1.5
     assert report.pop('tensor_attributes_added') == []
     assert 'pwned' not in result.stdout + result.stderr
-    assert len(report) == len(hostile_files) * 6
+    assert len(report) == len(hostile_files) * 6 - len(
+        [p for p in hostile_files if p.endswith('.legacy.pth')]) * 2
     ours = ('read_checkpoint', 'load_training_checkpoint')
     for key, outcome in report.items():
         name, loader = key.split(' ')

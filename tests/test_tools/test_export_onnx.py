@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.commands import CONFIGS, ROOT, TOOLS
+from helpers.tiny_demo import write_narrow_config
 from onnx import TensorProto, helper
 
 from poolformer_mm.apis import onnx_export as tool
@@ -31,33 +32,22 @@ RETINANET = osp.join(CONFIGS, 'retinanet_poolformer_s12.py')
 SEM_FPN = osp.join(CONFIGS, 'sem_fpn_poolformer_s12.py')
 MASK_RCNN = osp.join(CONFIGS, 'mask_rcnn_poolformer_s12.py')
 
-# The real configs with a narrow PoolFormer (one block a stage) for the
-# tests of the export's own logic, where S12's depth only costs time; the
-# full S12 in test_backbone_dynamic, test_retinanet_head_outputs and
-# test_metaformer_family_dynamic.
-NARROW = '''
-_base_ = [{base!r}]
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, layers=[1, 1, 1, 1],
-                            embed_dims=[16, 32, 64, 128], mlp_ratios=4,
-                            layer_scale_init_values=1e-5)),
-    neck=dict(in_channels={in_channels!r}))
-'''
-
 
 @pytest.fixture(scope='module')
 def narrow(tmp_path_factory):
-    """{'retinanet' | 'sem_fpn' | 'mask_rcnn': path of the narrow config}"""
+    """{'retinanet' | 'sem_fpn' | 'mask_rcnn': the real config with a narrow
+    PoolFormer}, for the tests of the export's own logic, where S12's depth
+    only costs time; the full S12 in test_backbone_dynamic,
+    test_retinanet_head_outputs and test_metaformer_family_dynamic."""
     folder = tmp_path_factory.mktemp('narrow')
-    paths = {}
-    for name, base, in_channels in (
+    return {
+        name: write_narrow_config(folder / f'{name}_narrow.py', base,
+                                  neck=dict(in_channels=in_channels))
+        for name, base, in_channels in (
             ('retinanet', RETINANET, [32, 64, 128]),
             ('sem_fpn', SEM_FPN, [16, 32, 64, 128]),
-            ('mask_rcnn', MASK_RCNN, [16, 32, 64, 128])):
-        paths[name] = str(folder / f'{name}_narrow.py')
-        with open(paths[name], 'w') as f:
-            f.write(NARROW.format(base=base, in_channels=in_channels))
-    return paths
+            ('mask_rcnn', MASK_RCNN, [16, 32, 64, 128]))
+    }
 
 
 def export(tmp_path, config, checkpoint=None, name='model.onnx', **options):
